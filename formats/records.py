@@ -1,0 +1,116 @@
+"""Record format v1: the envelope, memory and hit records, ids and version checks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import unicodedata
+from datetime import datetime, timezone
+from typing import Any
+
+FORMAT_NAME = "memstack"
+VERSION = (1, 0)
+RECORD_VERSION = 1
+
+LEVELS = ("turn", "chunk", "doc", "fact", "summary", "cluster")
+LINK_TYPES = ("supersedes", "derived_from", "related", "contradicts")
+
+_WS = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    """NFKC, case-folded, whitespace collapsed: the form ids are computed from."""
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def memory_id(ns: str, text: str, uri: str = "", offset: Any = "") -> str:
+    """Content-addressed id: the same text at the same source position is the same memory."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (ns, normalise_text(text), uri, str(offset)):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+def now_iso() -> str:
+    """Ingest time; SOURCE_DATE_EPOCH pins it for reproducible output."""
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    ts = float(sde) if sde else time.time()
+    return to_iso(ts)
+
+
+def to_iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def from_iso(value: str | None) -> float | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def memory_record(
+    *,
+    ns: str,
+    text: str,
+    tokens: int,
+    t_event: str | None,
+    t_ingest: str,
+    source: dict,
+    level: str = "turn",
+    links: list | None = None,
+    meta: dict | None = None,
+    valid_from: str | None = None,
+    valid_to: str | None = None,
+) -> dict:
+    """Build a memory record with the fixed key order of FORMAT.md."""
+    return {
+        "v": RECORD_VERSION,
+        "kind": "memory",
+        "id": memory_id(ns, text, source.get("uri", ""), source.get("offset", "")),
+        "ns": ns,
+        "text": text,
+        "tokens": tokens,
+        "t_event": t_event,
+        "t_ingest": t_ingest,
+        "valid_from": valid_from if valid_from is not None else (t_event or t_ingest),
+        "valid_to": valid_to,
+        "source": source,
+        "level": level,
+        "links": links or [],
+        "meta": meta or {},
+    }
+
+
+def check_version(rec: Any) -> str | None:
+    """Return why a decoded object is not a readable record, or None when it is."""
+    if not isinstance(rec, dict):
+        return f"expected a map, got {type(rec).__name__}"
+    v = rec.get("v", RECORD_VERSION)
+    major = v[0] if isinstance(v, list | tuple) and v else v
+    if not isinstance(major, int):
+        return f"bad version field {v!r}"
+    if major > VERSION[0]:
+        return f"format version {major} is newer than this memstack reads ({VERSION[0]}); upgrade memstack"
+    return None
+
+
+def check_memory(rec: dict) -> str | None:
+    """Validate the fields a memory record must carry; None when it is well formed."""
+    for key, typ in (("id", str), ("ns", str), ("text", str)):
+        if not isinstance(rec.get(key), typ):
+            return f"memory record needs a string {key!r}"
+    if rec.get("level", "turn") not in LEVELS:
+        return f"unknown level {rec.get('level')!r}"
+    for key in ("t_event", "t_ingest", "valid_from", "valid_to"):
+        val = rec.get(key)
+        if val is not None:
+            try:
+                from_iso(val)
+            except (TypeError, ValueError):
+                return f"{key} {val!r} is not an ISO 8601 time"
+    return None
