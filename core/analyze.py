@@ -50,6 +50,9 @@ class Analyzer:
         self.surface: list[str] = []
         self.stems: list[str] = []
         self.stem_hash: list[int] = []
+        self.word_stem: list[int] = []  # word id -> stem id (several words share a stem)
+        self.stem_ids: dict[str, int] = {}
+        self.stem_list: list[str] = []
 
     def _new_words(self, words: list[str]) -> None:
         todo = [w for w in dict.fromkeys(words) if w not in self._ids]
@@ -57,6 +60,10 @@ class Analyzer:
             return
         if len(self._ids) > _CACHE_LIMIT:
             self._ids.clear()
+            self.surface.clear()
+            self.stems.clear()
+            self.stem_hash.clear()
+            self.word_stem.clear()
         keep = [w for w in todo if w not in STOP_WORDS and _base(w) not in STOP_WORDS]
         for w in todo:
             self._ids[w] = -1
@@ -66,6 +73,11 @@ class Analyzer:
             self.surface.append(w)
             self.stems.append(s)
             self.stem_hash.append(zlib.crc32(s.encode("utf-8")))
+            sid = self.stem_ids.get(s)
+            if sid is None:
+                sid = self.stem_ids[s] = len(self.stem_list)
+                self.stem_list.append(s)
+            self.word_stem.append(sid)
 
     def words(self, text: str) -> list[str]:
         return WORD.findall(text.lower())

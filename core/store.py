@@ -1,0 +1,510 @@
+"""The default store: one LMDB environment holding records, their index and the store identity.
+
+Layout (named databases):
+  records  id -> msgpack memory record (without its vector)
+  docnos   id -> docno (uint32 BE);  ids  docno (BE) -> id
+  cols     "<column>:" + block (BE) -> a block of BLOCK_ROWS values of one column
+  vectors  block (BE) -> VEC_BLOCK_ROWS x dim float32, read zero-copy from the map
+  postings term + 0x00 + segment (BE) -> uint32 docnos then uint16 term frequencies
+  meta     schema, embedder, tokenizer, stats, namespace codes
+  log      access log for decay (time_ns BE + docno BE -> b"")
+
+Docnos are dense, assigned in ingest order, so columns and vectors are plain arrays and
+neighbouring turns of one conversation sit next to each other. Nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import math
+import os
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import lmdb
+import msgpack
+import numpy as np
+
+from memstack.core.errors import StoreBusy, StoreError
+from memstack.formats import ndarray
+from memstack.formats.records import LEVELS, from_iso
+
+SCHEMA_VERSION = 1
+BLOCK_ROWS = 16384
+VEC_BLOCK_ROWS = 1024
+SEGMENT_MAX = 8192
+DB_NAMES = ("records", "docnos", "ids", "cols", "vectors", "postings", "meta", "log")
+COLUMNS = {
+    "ns": np.uint32,
+    "t_event": np.float64,
+    "valid_from": np.float64,
+    "valid_to": np.float64,
+    "level": np.uint8,
+    "group": np.uint32,
+    "dl": np.uint32,
+    "tokens": np.uint32,
+    "status": np.uint8,
+}
+STATUS_ACTIVE, STATUS_ARCHIVED = 0, 1
+DEFAULT_MAP_SIZE = 256 << 20
+_U32 = struct.Struct(">I")
+_NO_TIME = float("nan")
+
+
+def default_store_path() -> str:
+    """$MEMSTACK_STORE, else the per-user data directory."""
+    env = os.environ.get("MEMSTACK_STORE")
+    if env:
+        return env
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "share")
+    return os.path.join(base, "memstack", "store")
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, default=ndarray.default, use_bin_type=True)
+
+
+def unpack(data) -> dict:
+    return msgpack.unpackb(data, raw=False, ext_hook=ndarray.ext_hook, strict_map_key=False)
+
+
+def _time(value: str | None) -> float:
+    t = from_iso(value) if value else None
+    return _NO_TIME if t is None else t
+
+
+@dataclass
+class Prepared:
+    """A batch ready to commit: records, their vectors, and their BM25 terms as arrays."""
+
+    records: list[dict]
+    vectors: np.ndarray  # float32 (n, dim)
+    term_doc: np.ndarray  # int64 index into records of each (doc, term) pair
+    term_stem: list[str]  # stem of each distinct term in the batch
+    term_idx: np.ndarray  # int64 index into term_stem of each pair
+    term_tf: np.ndarray  # uint16 frequency of each pair
+    doc_len: np.ndarray  # uint32 kept tokens per record
+    groups: np.ndarray  # uint32 neighbour group of each record
+
+
+class LmdbStore:
+    """An LMDB memstack store. Open one per process per path; writers take a sidecar lock."""
+
+    name = "lmdb"
+
+    def __init__(self, path: str, *, write: bool = False, create: bool = False,
+                 lock_timeout: float = 30.0, map_size: int | None = None):
+        self.path = os.path.abspath(path)
+        self.write = write
+        self._lock_fd: int | None = None
+        if not os.path.isdir(self.path):
+            if not create:
+                raise StoreError(f"{path}: no store here (create one with `memstack ingest`)")
+            os.makedirs(self.path, exist_ok=True)
+        elif create and not os.path.exists(os.path.join(self.path, "data.mdb")) \
+                and os.listdir(self.path):
+            raise StoreError(f"{path}: directory exists and is not a memstack store")
+        if write:
+            self._lock(lock_timeout)
+        if not os.path.exists(os.path.join(self.path, "data.mdb")) and not write:
+            raise StoreError(f"{path}: no store here (create one with `memstack ingest`)")
+        want = map_size or int(os.environ.get("MEMSTACK_MAP_SIZE", DEFAULT_MAP_SIZE))
+        try:
+            self.env = lmdb.open(self.path, map_size=want, max_dbs=len(DB_NAMES) + 2,
+                                 max_readers=1024, subdir=True, readonly=not write,
+                                 max_spare_txns=4)
+        except lmdb.Error as exc:
+            self._unlock()
+            raise StoreError(f"{path}: not a readable LMDB store ({_lmdb_reason(exc)})") from None
+        try:
+            self.env.reader_check()
+            if write:
+                self.dbs = {n: self.env.open_db(n.encode()) for n in DB_NAMES}
+            else:
+                with self.env.begin() as txn:
+                    self.dbs = {n: self.env.open_db(n.encode(), txn=txn, create=False)
+                                for n in DB_NAMES}
+        except lmdb.NotFoundError:
+            self.close()
+            raise StoreError(f"{path}: not a memstack store (missing databases)") from None
+        except lmdb.Error as exc:
+            self.close()
+            raise StoreError(f"{path}: corrupt store ({_lmdb_reason(exc)})") from None
+        self.meta = self._read_meta()
+        if self.meta.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
+            self.close()
+            raise StoreError(f"{path}: store schema {self.meta['schema']} is newer than this "
+                             f"memstack supports ({SCHEMA_VERSION}); upgrade memstack")
+        if not write and "schema" not in self.meta:
+            self.close()
+            raise StoreError(f"{path}: not a memstack store (no schema in meta)")
+
+    # -- lifecycle ------------------------------------------------------------------
+    def _lock(self, timeout: float) -> None:
+        fd = os.open(os.path.join(self.path, "writer.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock_fd = fd
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise StoreBusy(f"{self.path}: another writer holds the store (waited "
+                                f"{timeout:g}s); retry later or raise --lock-timeout")
+            time.sleep(0.05)
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        env = getattr(self, "env", None)
+        if env is not None:
+            env.close()
+            self.env = None
+        self._unlock()
+
+    def __enter__(self) -> LmdbStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- meta and identity -------------------------------------------------------------
+    def _read_meta(self) -> dict:
+        with self._read_txn() as txn:
+            cur = txn.cursor(db=self.dbs["meta"])
+            return {bytes(k).decode(): unpack(v) for k, v in cur}
+
+    def _put_meta(self, txn, key: str, value) -> None:
+        txn.put(key.encode(), pack(value), db=self.dbs["meta"])
+        self.meta[key] = value
+
+    @property
+    def stats(self) -> dict:
+        return self.meta.get("stats", {"n": 0, "total_len": 0, "not_current": 0})
+
+    def check_identity(self, embedder: dict, tokenizer: dict | None) -> None:
+        """Refuse to mix embedders or tokenizers in one store; a new store records them."""
+        have = self.meta.get("embedder")
+        if have is not None and have != embedder:
+            raise StoreError(f"{self.path}: store was built with embedder {have.get('spec')!r}, "
+                             f"not {embedder.get('spec')!r}; use --embedder {have.get('spec')} "
+                             f"or another store")
+        have_tok = self.meta.get("tokenizer")
+        if tokenizer is not None and have_tok is not None and \
+                have_tok.get("encoding") != tokenizer.get("encoding"):
+            raise StoreError(f"{self.path}: store counts tokens with {have_tok.get('encoding')!r}"
+                             f", not {tokenizer.get('encoding')!r}; use --encoding "
+                             f"{have_tok.get('requested')} or another store")
+        if self.write and (have is None or (tokenizer and have_tok is None)):
+            with self._write_txn() as txn:
+                self._put_meta(txn, "schema", SCHEMA_VERSION)
+                if have is None:
+                    self._put_meta(txn, "embedder", embedder)
+                if tokenizer and have_tok is None:
+                    self._put_meta(txn, "tokenizer", tokenizer)
+                if "stats" not in self.meta:
+                    self._put_meta(txn, "stats", {"n": 0, "total_len": 0, "not_current": 0})
+
+    # -- transactions -------------------------------------------------------------------
+    @contextmanager
+    def _read_txn(self, buffers: bool = False):
+        for attempt in range(3):
+            try:
+                txn = self.env.begin(buffers=buffers)
+                break
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)  # another process grew the map: adopt its size
+                if attempt == 2:
+                    raise
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    @contextmanager
+    def _write_txn(self):
+        if not self.write:
+            raise StoreError(f"{self.path}: store opened read-only")
+        with self.env.begin(write=True) as txn:
+            yield txn
+
+    def _grow(self) -> None:
+        size = self.env.info()["map_size"]
+        self.env.set_mapsize(size * 2)
+
+    def write_batch(self, fn) -> object:
+        """Run fn(txn) in one write transaction; on a full map, double it and replay."""
+        while True:
+            saved = {k: v for k, v in self.meta.items()}
+            try:
+                with self._write_txn() as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                self.meta = saved
+                self._grow()
+            except lmdb.MapResizedError:
+                self.meta = saved
+                self.env.set_mapsize(0)
+
+    # -- writing ------------------------------------------------------------------------
+    def add(self, batch: Prepared) -> tuple[int, int]:
+        """Commit a prepared batch; returns (new, already present). Idempotent by id."""
+        return self.write_batch(lambda txn: self._add(txn, batch))
+
+    def _add(self, txn, b: Prepared) -> tuple[int, int]:
+        dbs = self.dbs
+        stats = dict(self.stats)
+        n0 = stats["n"]
+        ns_codes = dict(self.meta.get("ns_codes", {}))
+        keep: list[int] = []
+        seen: set[str] = set()
+        for i, rec in enumerate(b.records):
+            rid = rec["id"]
+            if rid in seen or txn.get(rid.encode(), db=dbs["docnos"]) is not None:
+                continue
+            seen.add(rid)
+            keep.append(i)
+        m = len(keep)
+        if m == 0:
+            return 0, len(b.records)
+        idx = np.asarray(keep, dtype=np.int64)
+        docno = np.full(len(b.records), -1, dtype=np.int64)
+        docno[idx] = np.arange(n0, n0 + m)
+        cols = {name: np.zeros(m, dtype=dt) for name, dt in COLUMNS.items()}
+        not_current = 0
+        for j, i in enumerate(keep):
+            rec = b.records[i]
+            rid = rec["id"].encode()
+            key = _U32.pack(n0 + j)
+            txn.put(rid, pack(rec), db=dbs["records"])
+            txn.put(rid, key, db=dbs["docnos"])
+            txn.put(key, rid, db=dbs["ids"])
+            code = ns_codes.get(rec["ns"])
+            if code is None:
+                code = ns_codes[rec["ns"]] = len(ns_codes)
+            cols["ns"][j] = code
+            cols["t_event"][j] = _time(rec.get("t_event"))
+            cols["valid_from"][j] = _time(rec.get("valid_from"))
+            vt = rec.get("valid_to")
+            cols["valid_to"][j] = _time(vt) if vt else math.inf
+            not_current += vt is not None
+            cols["level"][j] = LEVELS.index(rec.get("level", "turn"))
+            cols["tokens"][j] = rec.get("tokens") or 0
+            cols["status"][j] = STATUS_ARCHIVED if rec.get("meta", {}).get("archived") \
+                else STATUS_ACTIVE
+        cols["dl"][:] = b.doc_len[idx]
+        cols["group"][:] = b.groups[idx]
+        for name, values in cols.items():
+            self._write_rows(txn, "cols", name, n0, values)
+        self._write_vectors(txn, n0, b.vectors[idx])
+        self._write_postings(txn, b, docno)
+        stats["n"] = n0 + m
+        stats["total_len"] = int(stats["total_len"]) + int(cols["dl"].sum())
+        stats["not_current"] = int(stats.get("not_current", 0)) + not_current
+        self._put_meta(txn, "stats", stats)
+        self._put_meta(txn, "ns_codes", ns_codes)
+        return m, len(b.records) - m
+
+    def _write_rows(self, txn, dbname: str, name: str, start: int, values: np.ndarray) -> None:
+        db = self.dbs[dbname]
+        pos = 0
+        while pos < len(values):
+            row = start + pos
+            block, off = divmod(row, BLOCK_ROWS)
+            take = min(BLOCK_ROWS - off, len(values) - pos)
+            key = f"{name}:".encode() + _U32.pack(block)
+            old = txn.get(key, db=db)
+            arr = np.zeros(BLOCK_ROWS, dtype=values.dtype)
+            if old is not None:
+                arr[:] = np.frombuffer(old, dtype=values.dtype)
+            arr[off : off + take] = values[pos : pos + take]
+            txn.put(key, arr.tobytes(), db=db)
+            pos += take
+
+    def set_column(self, name: str, docnos: np.ndarray, values: np.ndarray, txn) -> None:
+        """Overwrite one column at the given docnos (used when validity or status changes)."""
+        db = self.dbs["cols"]
+        dtype = COLUMNS[name]
+        order = np.argsort(docnos, kind="stable")
+        docnos, values = np.asarray(docnos)[order], np.asarray(values, dtype=dtype)[order]
+        blocks = docnos // BLOCK_ROWS
+        for block in np.unique(blocks):
+            key = f"{name}:".encode() + _U32.pack(int(block))
+            arr = np.frombuffer(txn.get(key, db=db), dtype=dtype).copy()
+            sel = blocks == block
+            arr[docnos[sel] % BLOCK_ROWS] = values[sel]
+            txn.put(key, arr.tobytes(), db=db)
+
+    def _write_vectors(self, txn, start: int, vecs: np.ndarray) -> None:
+        db = self.dbs["vectors"]
+        dim = vecs.shape[1]
+        pos = 0
+        while pos < len(vecs):
+            block, off = divmod(start + pos, VEC_BLOCK_ROWS)
+            take = min(VEC_BLOCK_ROWS - off, len(vecs) - pos)
+            key = _U32.pack(block)
+            old = txn.get(key, db=db)
+            arr = np.zeros((VEC_BLOCK_ROWS, dim), dtype=np.float32)
+            if old is not None:
+                arr[:] = np.frombuffer(old, dtype=np.float32).reshape(VEC_BLOCK_ROWS, dim)
+            arr[off : off + take] = vecs[pos : pos + take]
+            txn.put(key, arr.tobytes(), db=db)
+            pos += take
+
+    def _write_postings(self, txn, b: Prepared, docno: np.ndarray) -> None:
+        db = self.dbs["postings"]
+        dn = docno[b.term_doc]
+        ok = dn >= 0
+        term_idx, dn, tf = b.term_idx[ok], dn[ok], b.term_tf[ok]
+        order = np.lexsort((dn, term_idx))
+        term_idx, dn, tf = term_idx[order], dn[order].astype(np.uint32), tf[order]
+        bounds = np.flatnonzero(np.r_[True, term_idx[1:] != term_idx[:-1], True])
+        cur = txn.cursor(db=db)
+        for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+            term = b.term_stem[term_idx[s]].encode("utf-8")[:400] + b"\x00"
+            docs, tfs = dn[s:e], tf[s:e]
+            seg = 0
+            if cur.set_range(term + b"\xff\xff\xff\xff"):
+                found = cur.prev()
+            else:
+                found = cur.last()
+            if found:
+                key = cur.key()
+                if len(key) == len(term) + 4 and key[: len(term)] == term:
+                    seg = _U32.unpack(key[-4:])[0]
+                    old = cur.value()
+                    k = len(old) // 6
+                    if k + len(docs) <= SEGMENT_MAX:
+                        docs = np.concatenate([np.frombuffer(old, np.uint32, k), docs])
+                        tfs = np.concatenate([np.frombuffer(old, np.uint16, k, 4 * k), tfs])
+                    else:
+                        seg += 1
+            txn.put(term + _U32.pack(seg), docs.tobytes() + tfs.astype(np.uint16).tobytes(),
+                    db=db)
+
+    def update_records(self, txn, records: list[dict]) -> None:
+        """Rewrite existing records (validity, links, meta); their id and docno stay."""
+        for rec in records:
+            txn.put(rec["id"].encode(), pack(rec), db=self.dbs["records"])
+
+    def log_access(self, docnos: list[int]) -> None:
+        """Append recall hits to the access log (decay and importance use it)."""
+        now = time.time_ns()
+
+        def fn(txn):
+            for i, d in enumerate(docnos):
+                txn.put(struct.pack(">QI", now + i, d), b"", db=self.dbs["log"])
+
+        self.write_batch(fn)
+
+    # -- reading ------------------------------------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """A consistent read view; arrays it returns stay valid only inside the block."""
+        with self._read_txn(buffers=True) as txn:
+            stats = txn.get(b"stats", db=self.dbs["meta"])
+            yield Snapshot(self, txn, unpack(stats) if stats is not None else
+                           {"n": 0, "total_len": 0, "not_current": 0})
+
+    def iter_records(self, batch: int = 4096) -> Iterator[tuple[int, dict, np.ndarray | None]]:
+        """All records in docno order with their vectors, in short read transactions."""
+        start = 0
+        while True:
+            with self.snapshot() as snap:
+                n = snap.n
+                if start >= n:
+                    return
+                end = min(n, start + batch)
+                out = []
+                for d in range(start, end):
+                    out.append((d, snap.record(d), snap.vector(d)))
+            yield from out
+            start = end
+
+
+class Snapshot:
+    """Arrays and records of one read transaction."""
+
+    def __init__(self, store: LmdbStore, txn, stats: dict):
+        self.store = store
+        self.txn = txn
+        self.stats = stats
+        self.n = int(stats.get("n", 0))
+        self.dbs = store.dbs
+
+    def column(self, name: str) -> np.ndarray:
+        dtype = COLUMNS[name]
+        out = np.empty(self.n, dtype=dtype)
+        db = self.dbs["cols"]
+        prefix = f"{name}:".encode()
+        for block in range(0, (self.n + BLOCK_ROWS - 1) // BLOCK_ROWS):
+            raw = self.txn.get(prefix + _U32.pack(block), db=db)
+            lo = block * BLOCK_ROWS
+            take = min(BLOCK_ROWS, self.n - lo)
+            out[lo : lo + take] = np.frombuffer(raw, dtype=dtype, count=take)
+        return out
+
+    def vector_blocks(self, dim: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first docno, rows) per block, zero-copy views into the memory map."""
+        db = self.dbs["vectors"]
+        for block in range(0, (self.n + VEC_BLOCK_ROWS - 1) // VEC_BLOCK_ROWS):
+            raw = self.txn.get(_U32.pack(block), db=db)
+            lo = block * VEC_BLOCK_ROWS
+            take = min(VEC_BLOCK_ROWS, self.n - lo)
+            yield lo, np.frombuffer(raw, dtype=np.float32, count=take * dim).reshape(take, dim)
+
+    def vector(self, docno: int) -> np.ndarray | None:
+        raw = self.txn.get(_U32.pack(docno // VEC_BLOCK_ROWS), db=self.dbs["vectors"])
+        if raw is None:
+            return None
+        dim = len(raw) // 4 // VEC_BLOCK_ROWS
+        off = (docno % VEC_BLOCK_ROWS) * dim
+        return np.frombuffer(raw, dtype=np.float32, count=dim, offset=off * 4).copy()
+
+    def postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
+        key = term.encode("utf-8")[:400] + b"\x00"
+        cur = self.txn.cursor(db=self.dbs["postings"])
+        docs, tfs = [], []
+        if cur.set_range(key):
+            for k, v in cur:
+                if len(k) != len(key) + 4 or bytes(k[: len(key)]) != key:
+                    break
+                n = len(v) // 6
+                docs.append(np.frombuffer(v, np.uint32, n))
+                tfs.append(np.frombuffer(v, np.uint16, n, 4 * n))
+        if not docs:
+            return np.zeros(0, np.uint32), np.zeros(0, np.uint16)
+        return np.concatenate(docs), np.concatenate(tfs)
+
+    def doc_id(self, docno: int) -> str:
+        return bytes(self.txn.get(_U32.pack(docno), db=self.dbs["ids"])).decode()
+
+    def docno(self, rid: str) -> int | None:
+        raw = self.txn.get(rid.encode(), db=self.dbs["docnos"])
+        return None if raw is None else _U32.unpack(bytes(raw))[0]
+
+    def record(self, docno: int) -> dict:
+        rid = self.txn.get(_U32.pack(docno), db=self.dbs["ids"])
+        return unpack(self.txn.get(bytes(rid), db=self.dbs["records"]))
+
+    def record_by_id(self, rid: str) -> dict | None:
+        raw = self.txn.get(rid.encode(), db=self.dbs["records"])
+        return None if raw is None else unpack(raw)
+
+
+def _lmdb_reason(exc: Exception) -> str:
+    text = str(exc).split(": ", 1)[-1]
+    return text.splitlines()[0] if text else type(exc).__name__
