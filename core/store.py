@@ -126,9 +126,7 @@ class LmdbStore:
             if write:
                 self.dbs = {n: self.env.open_db(n.encode()) for n in DB_NAMES}
             else:
-                with self.env.begin() as txn:
-                    self.dbs = {n: self.env.open_db(n.encode(), txn=txn, create=False)
-                                for n in DB_NAMES}
+                self.dbs = {n: self.env.open_db(n.encode(), create=False) for n in DB_NAMES}
         except lmdb.NotFoundError:
             self.close()
             raise StoreError(f"{path}: not a memstack store (missing databases)") from None

@@ -1,0 +1,148 @@
+"""Option bundles, output helpers and store opening shared by every command."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+import click
+
+OUTPUT_FORMATS = ("auto", "msgpack", "jsonl", "table", "text")
+
+
+def store_option(f):
+    return click.option(
+        "--store", "store", metavar="PATH", envvar="MEMSTACK_STORE", default=None,
+        help="Store directory (default: $MEMSTACK_STORE, else ~/.local/share/memstack/store).",
+    )(f)
+
+
+def lock_timeout_option(f):
+    return click.option(
+        "--lock-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+        help="Seconds to wait for another writer before exiting 75 (busy).",
+    )(f)
+
+
+def format_option(choices=OUTPUT_FORMATS, default="auto"):
+    def deco(f):
+        return click.option(
+            "--format", "format_", type=click.Choice(choices), default=default,
+            show_default=True,
+            help="Output format; auto is a table on a terminal and msgpack records in a pipe.",
+        )(f)
+    return deco
+
+
+def quiet_option(f):
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="No summary line on stderr.")(f)
+
+
+def resolve_format(fmt: str, human: str = "table") -> str:
+    if fmt != "auto":
+        return fmt
+    return human if sys.stdout.isatty() else "msgpack"
+
+
+def store_path(explicit: str | None) -> str:
+    from memstack.core.store import default_store_path
+
+    return explicit or default_store_path()
+
+
+def open_store(path: str | None, *, write: bool = False, create: bool = False,
+               lock_timeout: float = 30.0):
+    """Open the store; the caller's click context closes it when the command ends."""
+    from memstack.core.store import LmdbStore
+
+    store = LmdbStore(store_path(path), write=write, create=create, lock_timeout=lock_timeout)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(store.close)
+    return store
+
+
+def load_embedder(spec: str):
+    from memstack.plugins.registry import load_embedder as load
+
+    return load(spec)
+
+
+def store_embedder(store, requested: str | None):
+    """The store's own embedder unless another is asked for (then identities must match)."""
+    spec = requested or (store.meta.get("embedder") or {}).get("spec") or "hash"
+    emb = load_embedder(spec)
+    have = store.meta.get("embedder")
+    if have is not None and have != emb.identity():
+        from memstack.core.errors import StoreError
+
+        raise StoreError(f"{store.path}: store was built with embedder {have.get('spec')!r}, "
+                         f"not {emb.spec()!r}")
+    return emb
+
+
+@contextmanager
+def atomic_output(path: str) -> Iterator[IO[bytes]]:
+    """Write to a temp file beside `path`, fsync, rename; on error leave nothing behind."""
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".memstack-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fp:
+            yield fp
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+_REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdwy])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31557600}
+
+
+def parse_when(value: str | None, param: str) -> float | None:
+    """ISO date/time, epoch seconds, or a relative age like 1d, 12h (before now)."""
+    if value is None:
+        return None
+    m = _REL.match(value.strip())
+    if m:
+        now = float(os.environ.get("SOURCE_DATE_EPOCH") or time.time())
+        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    from memstack.core.parse import parse_time
+    from memstack.formats.records import from_iso
+
+    try:
+        return from_iso(parse_time(value))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a time (ISO 8601, epoch, or 1d/12h/30m)",
+                                 param_hint=param) from None
+
+
+def parse_duration(value: str | None, param: str) -> float | None:
+    if value is None:
+        return None
+    m = _REL.match(value.strip())
+    if not m:
+        raise click.BadParameter(f"{value!r} is not a duration like 30d or 12h", param_hint=param)
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def refuse_binary_tty(fmt: str) -> None:
+    if fmt == "msgpack" and sys.stdout.isatty():
+        raise click.UsageError("msgpack is not written to a terminal; use --format jsonl|table "
+                               "or redirect the output")

@@ -1,0 +1,221 @@
+"""Turn inputs into memory records: parse, chunk, count tokens, embed, index, commit in batches."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+
+from memstack.core.analyze import Analysis
+from memstack.core.parse import Bad, Item, parse
+from memstack.core.store import LmdbStore, Prepared
+from memstack.core.text import Tokenizer, chunk_text
+from memstack.formats.records import memory_record, now_iso
+from memstack.formats.stream import RecordWriter
+
+MAX_PIECE_CHARS = 1 << 16  # tiktoken's BPE is quadratic in one pre-token: cut giant runs first
+
+
+@dataclass
+class IngestStats:
+    new: int = 0
+    present: int = 0
+    bad: int = 0
+    written: int = 0
+
+    def summary(self) -> str:
+        return f"{self.new} new, {self.present} already present, {self.bad} bad"
+
+
+@dataclass
+class IngestOptions:
+    ns: str = "default"
+    source: str | None = None
+    fmt: str = "auto"
+    batch_size: int = 2000
+    chunk_tokens: int = 256
+    overlap: int = 32
+    skip_bad: bool = False
+    max_line: int = 16 << 20
+
+
+def _safe_pieces(text: str) -> list[str]:
+    """Split text with giant runs of non-space characters into bounded pieces."""
+    if len(text) <= MAX_PIECE_CHARS:
+        return [text]
+    return [text[i : i + MAX_PIECE_CHARS] for i in range(0, len(text), MAX_PIECE_CHARS)]
+
+
+def expand(items: Iterable[Item | Bad], tok: Tokenizer | None, opts: IngestOptions,
+           uri: str, t_ingest: str, on_bad: Callable[[Bad], None]) -> Iterator[dict]:
+    """Items -> memory records (documents and over-long turns are chunked by tokens)."""
+    for item in items:
+        if isinstance(item, Bad):
+            on_bad(item)
+            continue
+        if item.record is not None:
+            yield _passthrough(item, opts, t_ingest)
+            continue
+        text = item.text
+        if not text.strip():
+            continue
+        source = {"uri": uri, "offset": item.offset}
+        if item.speaker:
+            source["speaker"] = item.speaker
+        if item.session:
+            source["session"] = item.session
+        long = tok is not None and (item.level == "doc" or len(text) > opts.chunk_tokens * 3)
+        chunks = [(0, text)]
+        if long:
+            chunks = []
+            base = 0
+            for piece in _safe_pieces(text):
+                chunks.extend((base + o, c) for o, c in chunk_text(piece, tok, opts.chunk_tokens,
+                                                                   opts.overlap))
+                base += len(piece)
+        level = item.level if len(chunks) == 1 and item.level != "doc" else "chunk"
+        for off, chunk in chunks:
+            src = dict(source)
+            if len(chunks) > 1 or item.level == "doc":
+                src["offset"] = f"{item.offset}+{off}" if item.level != "doc" else off
+            yield memory_record(ns=opts.ns, text=chunk, tokens=0, t_event=item.t_event,
+                                t_ingest=t_ingest, source=src, level=level,
+                                meta=dict(item.meta))
+
+
+def _passthrough(item: Item, opts: IngestOptions, t_ingest: str) -> dict:
+    rec = dict(item.record)
+    rec.setdefault("t_ingest", t_ingest)
+    rec.setdefault("level", "turn")
+    rec.setdefault("links", [])
+    rec.setdefault("meta", {})
+    rec.setdefault("source", {})
+    rec.setdefault("valid_from", rec.get("t_event") or rec["t_ingest"])
+    rec.setdefault("valid_to", None)
+    return rec
+
+
+def index_text(rec: dict) -> str:
+    """What is indexed: the speaker's name is part of what a turn is about."""
+    speaker = (rec.get("source") or {}).get("speaker")
+    return f"{speaker}: {rec['text']}" if speaker else rec["text"]
+
+
+def group_of(rec: dict) -> int:
+    """Neighbour group: records of one session of one source sit in one group."""
+    src = rec.get("source") or {}
+    key = f"{rec['ns']}\x1f{src.get('uri', '')}\x1f{src.get('session', '')}"
+    return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+
+
+def prepare(records: list[dict], embedder, tok: Tokenizer | None,
+            vectors: np.ndarray | None = None) -> Prepared:
+    """Count tokens, embed and analyse a batch of records (everything but the commit)."""
+    texts = [r["text"] for r in records]
+    if tok is not None:
+        for rec, n in zip(records, tok.count(texts), strict=True):
+            if not rec.get("tokens"):
+                rec["tokens"] = n
+    texts = [index_text(r) for r in records]
+    analyzer = getattr(embedder, "analyzer", None)
+    if analyzer is None:
+        from memstack.core.analyze import get_analyzer
+
+        analyzer = get_analyzer()
+    analysis: Analysis = analyzer.analyze(texts)
+    if vectors is None:
+        vectors = embedder.embed(texts, analysis=analysis)
+    stem = np.asarray(analyzer.word_stem, dtype=np.int64)[analysis.word]
+    n = len(records)
+    pair = stem * max(n, 1) + analysis.doc
+    uniq, counts = np.unique(pair, return_counts=True)
+    term_global = uniq // max(n, 1)
+    term_doc = uniq % max(n, 1)
+    terms, term_idx = np.unique(term_global, return_inverse=True)
+    stems = [analyzer.stem_list[t] for t in terms]
+    doc_len = np.bincount(analysis.doc, minlength=n).astype(np.uint32)
+    groups = np.fromiter((group_of(r) for r in records), dtype=np.uint32, count=n)
+    return Prepared(records=records, vectors=np.asarray(vectors, dtype=np.float32),
+                    term_doc=term_doc.astype(np.int64), term_stem=stems,
+                    term_idx=term_idx.astype(np.int64),
+                    term_tf=np.minimum(counts, 65535).astype(np.uint16), doc_len=doc_len,
+                    groups=groups)
+
+
+def batched(it: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for rec in it:
+        batch.append(rec)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def ingest(inputs: list[tuple[str, IO[bytes]]], *, embedder, tokenizer: Tokenizer | None,
+           store: LmdbStore | None = None, out: RecordWriter | None = None,
+           opts: IngestOptions | None = None,
+           on_bad: Callable[[Bad], None] | None = None,
+           progress: Callable[[int], None] | None = None) -> IngestStats:
+    """Ingest every input; commits per batch so an interrupted run keeps whole batches.
+
+    Re-running the same inputs adds nothing (ids are content addressed). With no store, the
+    records only go to `out`, each id once.
+    """
+    opts = opts or IngestOptions()
+    stats = IngestStats()
+    if store is not None:
+        store.check_identity(embedder.identity(), tokenizer.identity() if tokenizer else None)
+    for name, fp in inputs:
+        items = parse(fp, name, opts.fmt, max_line=opts.max_line, skip_bad=opts.skip_bad)
+        ingest_items(items, opts.source or name, embedder=embedder, tokenizer=tokenizer,
+                     store=store, out=out, opts=opts, stats=stats, on_bad=on_bad,
+                     progress=progress)
+    return stats
+
+
+def ingest_items(items: Iterable[Item | Bad], uri: str, *, embedder,
+                 tokenizer: Tokenizer | None, store: LmdbStore | None,
+                 out: RecordWriter | None, opts: IngestOptions, stats: IngestStats,
+                 on_bad: Callable[[Bad], None] | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 seen: set[str] | None = None) -> None:
+    """The batch loop behind ingest(): expand, prepare, commit and/or write."""
+    seen = set() if seen is None else seen
+    spec = embedder.spec()
+
+    def bad(b: Bad) -> None:
+        stats.bad += 1
+        if on_bad:
+            on_bad(b)
+
+    records = expand(items, tokenizer, opts, uri, now_iso(), bad)
+    for batch in batched(records, opts.batch_size):
+        given = []
+        for r in batch:
+            vec = r.pop("vec", None)
+            given.append(vec if r.pop("_vec_spec", None) == spec else None)
+        vecs = None
+        if all(v is not None and len(v) == embedder.dim for v in given):
+            vecs = np.stack(given)
+        prep = prepare(batch, embedder, tokenizer, vecs)
+        if store is not None:
+            new, present = store.add(prep)
+        else:
+            new = sum(r["id"] not in seen for r in batch)
+            present = len(batch) - new
+            seen.update(r["id"] for r in batch)
+        stats.new += new
+        stats.present += present
+        if out is not None:
+            for rec, vec in zip(batch, prep.vectors, strict=True):
+                rec["vec"] = vec
+                out.write(rec)
+                stats.written += 1
+            out.flush()
+        if progress:
+            progress(len(batch))
