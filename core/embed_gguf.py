@@ -26,7 +26,7 @@ import numpy as np
 from memstack.core.errors import ConfigError, MemstackError
 
 INSTALL_HINT = "gguf embedder needs ctransformers: pip install 'memstack[llm]'"
-DEFAULT_CTX = 512  # llama.cpp's default n_batch; a bigger context costs KV-cache memory
+DEFAULT_CTX = 512  # llama.cpp's default n_ctx: a longer context costs KV-cache memory
 MAX_BATCH = 512  # ctransformers 0.2.27 builds llama contexts with n_batch = 512
 CHARS_PER_TOKEN_CAP = 32  # cut text before tokenizing: no real token is longer than this
 HASH_CHUNK = 1 << 20
@@ -242,7 +242,6 @@ class GgufEmbedder:
         self.context_length = min(ctx or DEFAULT_CTX, model_ctx or DEFAULT_CTX)
         self.threads = _int_opt(opts, "threads", 1) or min(2, os.cpu_count() or 1)
         self._llm: Any = None
-        self._size = path.stat().st_size
 
     def spec(self) -> str:
         extra = "" if self.model_type == "llama" else f",model_type={self.model_type}"
@@ -289,7 +288,7 @@ class GgufEmbedder:
         data = cut.encode("utf-8", "replace")
         # each token covers >= 1 byte of " " + text with spaces escaped to 3-byte "▁", plus BOS
         buf = (ctypes.c_int * (3 * len(data) + 8))()
-        n = llm.ctransformers_llm_tokenize(data, self.model_type == "llama", buf)
+        n = llm.ctransformers_llm_tokenize(data, llm.model_type == "llama", buf)  # as ctransformers
         return list(buf[: min(n, self.context_length)])
 
     def _embed_one(self, text: str) -> np.ndarray:

@@ -42,8 +42,9 @@ class Tokenizer:
         return {"requested": self.requested, "encoding": self.actual}
 
     def count(self, texts: list[str]) -> list[int]:
-        enc = self.encoding
-        return [len(t) for t in enc.encode_ordinary_batch(texts, num_threads=2)]
+        # a plain loop: tiktoken's batch API pays a thread-pool hand-off per text
+        encode = self.encoding.encode_ordinary
+        return [len(encode(t)) for t in texts]
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(text)
