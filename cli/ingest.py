@@ -35,19 +35,21 @@ INPUT_FORMATS = ("auto", "text", "markdown", "jsonl", "json", "locomo", "records
                    "store is not touched.")
 @click.option("--out-format", type=click.Choice(["msgpack", "jsonl"]), default="msgpack",
               show_default=True, help="Format of the -o stream.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=2000, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=10000, show_default=True,
               help="Records per committed transaction.")
 @click.option("--chunk-tokens", type=click.IntRange(min=16), default=256, show_default=True,
               help="Maximum tokens per chunk of a long document or turn.")
 @click.option("--overlap", type=click.IntRange(min=0), default=32, show_default=True,
               help="Tokens shared by consecutive chunks.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes preparing big JSONL inputs (0 = one per core, 1 = serial).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable lines or messages and count them.")
 @click.option("--max-line-bytes", type=click.IntRange(min=1024), default=16 << 20,
               show_default=True, help="Longest JSONL line accepted.")
 @lock_timeout_option
 @quiet_option
 def ingest_cmd(inputs, ns, source, format_, store, embedder, encoding, output, out_format,
-               batch_size, chunk_tokens, overlap, skip_bad, max_line_bytes, lock_timeout,
+               batch_size, chunk_tokens, overlap, workers, skip_bad, max_line_bytes, lock_timeout,
                quiet):
     """Turn conversations and documents into memories.
 
@@ -82,6 +84,7 @@ def ingest_cmd(inputs, ns, source, format_, store, embedder, encoding, output, o
     tok = load_tokenizer(enc)
     opts = IngestOptions(ns=ns, source=source, fmt=format_, batch_size=batch_size,
                          chunk_tokens=chunk_tokens, overlap=overlap, skip_bad=skip_bad,
+                         workers=workers,
                          max_line=max_line_bytes)
 
     def on_bad(bad) -> None:

@@ -63,32 +63,35 @@ class HashingEmbedder:
                 "features": "stem+bigram+char3-5/crc32"}
 
     # -- per-word features, built once per distinct word ------------------------------
-    def _word_features(self, word_id: int) -> tuple[np.ndarray, np.ndarray]:
-        an = self.analyzer
-        surface = "<" + an.surface[word_id] + ">"
-        keys = [an.stem_hash[word_id]]
-        vals = [1.0]
-        grams = [surface[i : i + n] for n in CHAR_NGRAMS for i in range(len(surface) - n + 1)]
-        keys.extend(zlib.crc32(g.encode("utf-8")) ^ 0x5BD1E995 for g in grams)
-        vals.extend([CHAR_WEIGHT] * len(grams))
-        h = _mix(np.asarray(keys, dtype=np.uint64))
-        sign = np.where((h >> np.uint64(31)) & np.uint64(1), -1.0, 1.0).astype(np.float32)
-        return (h % np.uint64(self.dim)).astype(np.int64), sign * np.asarray(vals, np.float32)
-
     def _sync(self) -> None:
-        n = len(self.analyzer.stems)
-        if n < self._known:  # analyzer cache was reset
+        """Extend the per-word feature table (CSR) to every word the analyzer knows."""
+        an = self.analyzer
+        n = len(an.stems)
+        if n < self._known:  # the analyzer's cache was reset
             self._ptr = np.zeros(1, dtype=np.int64)
             self._bucket = np.zeros(0, dtype=np.int64)
             self._val = np.zeros(0, dtype=np.float32)
             self._known = 0
         if n == self._known:
             return
-        feats = [self._word_features(i) for i in range(self._known, n)]
-        lens = np.fromiter((len(b) for b, _ in feats), dtype=np.int64, count=len(feats))
+        keys: list[int] = []
+        vals: list[float] = []
+        lens: list[int] = []
+        crc = zlib.crc32
+        for w in range(self._known, n):
+            surface = "<" + an.surface[w] + ">"
+            grams = [surface[i : i + k] for k in CHAR_NGRAMS
+                     for i in range(len(surface) - k + 1)]
+            keys.append(an.stem_hash[w])
+            keys.extend(crc(g.encode("utf-8")) ^ 0x5BD1E995 for g in grams)
+            vals.append(1.0)
+            vals.extend([CHAR_WEIGHT] * len(grams))
+            lens.append(1 + len(grams))
+        h = _mix(np.asarray(keys, dtype=np.uint64))
+        sign = np.where((h >> np.uint64(31)) & np.uint64(1), -1.0, 1.0).astype(np.float32)
         self._ptr = np.concatenate([self._ptr, self._ptr[-1] + np.cumsum(lens)])
-        self._bucket = np.concatenate([self._bucket, *(b for b, _ in feats)])
-        self._val = np.concatenate([self._val, *(v for _, v in feats)])
+        self._bucket = np.concatenate([self._bucket, (h % np.uint64(self.dim)).astype(np.int64)])
+        self._val = np.concatenate([self._val, sign * np.asarray(vals, dtype=np.float32)])
         self._known = n
 
     def _vectors(self, a: Analysis, word_weight: np.ndarray | None) -> np.ndarray:

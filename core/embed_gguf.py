@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from memstack.core.errors import ConfigError, MemstackError
 
 INSTALL_HINT = "gguf embedder needs ctransformers: pip install 'memstack[llm]'"

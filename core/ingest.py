@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -10,8 +11,8 @@ from typing import IO
 import numpy as np
 
 from memstack.core.analyze import Analysis
-from memstack.core.parse import Bad, Item, parse
-from memstack.core.store import LmdbStore, Prepared
+from memstack.core.parse import SNIFF_BYTES, Bad, Item, detect_format, parse
+from memstack.core.store import LmdbStore, Prepared, pack, row_columns
 from memstack.core.text import Tokenizer, chunk_text
 from memstack.formats.records import memory_record, now_iso
 from memstack.formats.stream import RecordWriter
@@ -35,11 +36,12 @@ class IngestOptions:
     ns: str = "default"
     source: str | None = None
     fmt: str = "auto"
-    batch_size: int = 2000
+    batch_size: int = 10000
     chunk_tokens: int = 256
     overlap: int = 32
     skip_bad: bool = False
     max_line: int = 16 << 20
+    workers: int = 0  # processes preparing batches of big JSONL inputs; 0 = one per core
 
 
 def _safe_pieces(text: str) -> list[str]:
@@ -112,13 +114,12 @@ def group_of(rec: dict) -> int:
 
 
 def prepare(records: list[dict], embedder, tok: Tokenizer | None,
-            vectors: np.ndarray | None = None) -> Prepared:
-    """Count tokens, embed and analyse a batch of records (everything but the commit)."""
-    texts = [r["text"] for r in records]
+            vectors: np.ndarray | None = None, keep_records: bool = True) -> Prepared:
+    """Count tokens, embed, analyse and pack a batch of records (everything but the commit)."""
     if tok is not None:
-        for rec, n in zip(records, tok.count(texts), strict=True):
-            if not rec.get("tokens"):
-                rec["tokens"] = n
+        todo = [r for r in records if not r.get("tokens")]
+        for rec, n in zip(todo, tok.count([r["text"] for r in todo]), strict=True):
+            rec["tokens"] = n
     texts = [index_text(r) for r in records]
     analyzer = getattr(embedder, "analyzer", None)
     if analyzer is None:
@@ -135,14 +136,15 @@ def prepare(records: list[dict], embedder, tok: Tokenizer | None,
     term_global = uniq // max(n, 1)
     term_doc = uniq % max(n, 1)
     terms, term_idx = np.unique(term_global, return_inverse=True)
-    stems = [analyzer.stem_list[t] for t in terms]
-    doc_len = np.bincount(analysis.doc, minlength=n).astype(np.uint32)
+    doc_len = np.bincount(analysis.doc, minlength=n)
     groups = np.fromiter((group_of(r) for r in records), dtype=np.uint32, count=n)
-    return Prepared(records=records, vectors=np.asarray(vectors, dtype=np.float32),
-                    term_doc=term_doc.astype(np.int64), term_stem=stems,
-                    term_idx=term_idx.astype(np.int64),
-                    term_tf=np.minimum(counts, 65535).astype(np.uint16), doc_len=doc_len,
-                    groups=groups)
+    return Prepared(
+        ids=[r["id"].encode() for r in records], packed=[pack(r) for r in records],
+        ns=[r["ns"] for r in records], cols=row_columns(records, doc_len, groups),
+        vectors=np.asarray(vectors, dtype=np.float32), term_doc=term_doc.astype(np.int64),
+        term_stem=[analyzer.stem_list[t] for t in terms], term_idx=term_idx.astype(np.int64),
+        term_tf=np.minimum(counts, 65535).astype(np.uint16),
+        records=records if keep_records else None)
 
 
 def batched(it: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -170,8 +172,22 @@ def ingest(inputs: list[tuple[str, IO[bytes]]], *, embedder, tokenizer: Tokenize
     stats = IngestStats()
     if store is not None:
         store.check_identity(embedder.identity(), tokenizer.identity() if tokenizer else None)
+    workers = opts.workers or min(2, os.cpu_count() or 1)
     for name, fp in inputs:
-        items = parse(fp, name, opts.fmt, max_line=opts.max_line, skip_bad=opts.skip_bad)
+        fmt = opts.fmt
+        if fmt == "auto":
+            head = fp.peek(SNIFF_BYTES)[:SNIFF_BYTES] if hasattr(fp, "peek") else b""
+            fmt = detect_format(head, name)
+        if workers > 1 and tokenizer is not None:
+            from memstack.core import pipeline
+
+            if pipeline.worth_it(fp, fmt):
+                pipeline.ingest_parallel(fp, name, embedder=embedder,
+                                         encoding=tokenizer.requested, store=store, out=out,
+                                         opts=opts, stats=stats, on_bad=on_bad,
+                                         progress=progress, workers=workers)
+                continue
+        items = parse(fp, name, fmt, max_line=opts.max_line, skip_bad=opts.skip_bad)
         ingest_items(items, opts.source or name, embedder=embedder, tokenizer=tokenizer,
                      store=store, out=out, opts=opts, stats=stats, on_bad=on_bad,
                      progress=progress)
@@ -206,9 +222,9 @@ def ingest_items(items: Iterable[Item | Bad], uri: str, *, embedder,
         if store is not None:
             new, present = store.add(prep)
         else:
-            new = sum(r["id"] not in seen for r in batch)
+            new = sum(r not in seen for r in prep.ids)
             present = len(batch) - new
-            seen.update(r["id"] for r in batch)
+            seen.update(prep.ids)
         stats.new += new
         stats.present += present
         if out is not None:

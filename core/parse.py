@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from itertools import chain
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import chain
 from typing import IO, Any
 
 from memstack.core.errors import InputError
@@ -156,22 +156,33 @@ _TIME_KEYS = ("time", "timestamp", "created_at", "date", "date_time", "t", "ts")
 _SESSION_KEYS = ("session", "session_id", "conversation_id", "thread", "thread_id")
 
 
+def _first(obj: dict, keys: tuple[str, ...], default: Any = None) -> Any:
+    for k in keys:
+        if k in obj:
+            return obj[k]
+    return default
+
+
 def _message(obj: dict, where: str, name: str, index: Any, defaults: dict) -> Item:
     """One chat message in any of the supported shapes."""
-    text = next((obj[k] for k in _TEXT_KEYS if k in obj), None)
+    text = _first(obj, _TEXT_KEYS)
     if isinstance(text, list):  # OpenAI content parts
         text = " ".join(p.get("text", "") for p in text if isinstance(p, dict))
     if not isinstance(text, str):
         raise InputError(name, where, "message has no text field "
                          f"(expected one of {', '.join(_TEXT_KEYS)})")
-    speaker = next((obj[k] for k in _ROLE_KEYS if isinstance(obj.get(k), str)), None)
-    raw_time = next((obj[k] for k in _TIME_KEYS if k in obj), defaults.get("time"))
+    speaker = None
+    for k in _ROLE_KEYS:
+        if isinstance(obj.get(k), str):
+            speaker = obj[k]
+            break
+    raw_time = _first(obj, _TIME_KEYS, defaults.get("time"))
     try:
         t_event = parse_time(raw_time)
     except ValueError as exc:
         raise InputError(name, where, str(exc)) from None
-    session = next((str(obj[k]) for k in _SESSION_KEYS if obj.get(k) is not None),
-                   defaults.get("session"))
+    session = _first(obj, _SESSION_KEYS)
+    session = defaults.get("session") if session is None else str(session)
     meta = {}
     if "blip_caption" in obj:  # shared images (LoCoMo): the caption is what was said
         text = f"{text} [shares a photo: {obj['blip_caption']}]"
@@ -207,7 +218,14 @@ def _conversation(obj: Any, where: str, name: str, line_index: int) -> Iterator[
 
 def parse_jsonl(fp: IO[bytes], name: str, max_line: int = DEFAULT_MAX_LINE,
                 skip_bad: bool = False) -> Iterator[Item | Bad]:
-    for lineno, start, raw in iter_lines(fp, name, max_line):
+    return parse_jsonl_lines(iter_lines(fp, name, max_line), name, max_line, skip_bad)
+
+
+def parse_jsonl_lines(lines: Iterable[tuple[int, int, bytes | None]], name: str,
+                      max_line: int = DEFAULT_MAX_LINE,
+                      skip_bad: bool = False) -> Iterator[Item | Bad]:
+    """JSONL chat from (line number, byte offset, line) triples, as iter_lines gives them."""
+    for lineno, start, raw in lines:
         where = f"line {lineno}"
         try:
             if raw is None:

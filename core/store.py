@@ -36,7 +36,7 @@ from memstack.formats.records import LEVELS, from_iso
 SCHEMA_VERSION = 1
 BLOCK_ROWS = 16384
 VEC_BLOCK_ROWS = 1024
-SEGMENT_MAX = 8192
+SEGMENT_MAX = 65536
 DB_NAMES = ("records", "docnos", "ids", "cols", "vectors", "postings", "meta", "log")
 COLUMNS = {
     "ns": np.uint32,
@@ -50,6 +50,7 @@ COLUMNS = {
     "status": np.uint8,
 }
 STATUS_ACTIVE, STATUS_ARCHIVED = 0, 1
+LEVEL_CODE = {name: i for i, name in enumerate(LEVELS)}
 DEFAULT_MAP_SIZE = 256 << 20
 _U32 = struct.Struct(">I")
 _NO_TIME = float("nan")
@@ -80,16 +81,43 @@ def _time(value: str | None) -> float:
 
 @dataclass
 class Prepared:
-    """A batch ready to commit: records, their vectors, and their BM25 terms as arrays."""
+    """A batch ready to commit: packed records, column values, vectors and BM25 postings.
 
-    records: list[dict]
+    Everything costly is done here, so worker processes can prepare while the writer
+    commits; the records themselves are kept only when a caller still needs them.
+    """
+
+    ids: list[bytes]
+    packed: list[bytes]  # msgpack of each record, as stored
+    ns: list[str]
+    cols: dict[str, np.ndarray]  # every column of COLUMNS but ns
     vectors: np.ndarray  # float32 (n, dim)
-    term_doc: np.ndarray  # int64 index into records of each (doc, term) pair
+    term_doc: np.ndarray  # int64 index into the batch of each (doc, term) pair
     term_stem: list[str]  # stem of each distinct term in the batch
     term_idx: np.ndarray  # int64 index into term_stem of each pair
     term_tf: np.ndarray  # uint16 frequency of each pair
-    doc_len: np.ndarray  # uint32 kept tokens per record
-    groups: np.ndarray  # uint32 neighbour group of each record
+    records: list[dict] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def row_columns(records: list[dict], doc_len: np.ndarray, groups: np.ndarray) -> dict:
+    """Column values of a batch of records (all but the namespace code)."""
+    m = len(records)
+    return {
+        "t_event": np.fromiter((_time(r.get("t_event")) for r in records), np.float64, m),
+        "valid_from": np.fromiter((_time(r.get("valid_from")) for r in records), np.float64, m),
+        "valid_to": np.fromiter((_time(r["valid_to"]) if r.get("valid_to") else math.inf
+                                 for r in records), np.float64, m),
+        "level": np.fromiter((LEVEL_CODE[r.get("level", "turn")] for r in records),
+                             np.uint8, m),
+        "group": groups.astype(np.uint32),
+        "dl": doc_len.astype(np.uint32),
+        "tokens": np.fromiter((r.get("tokens") or 0 for r in records), np.uint32, m),
+        "status": np.fromiter((STATUS_ARCHIVED if (r.get("meta") or {}).get("archived")
+                               else STATUS_ACTIVE for r in records), np.uint8, m),
+    }
 
 
 class LmdbStore:
@@ -268,53 +296,46 @@ class LmdbStore:
         n0 = stats["n"]
         ns_codes = dict(self.meta.get("ns_codes", {}))
         keep: list[int] = []
-        seen: set[str] = set()
-        for i, rec in enumerate(b.records):
-            rid = rec["id"]
-            if rid in seen or txn.get(rid.encode(), db=dbs["docnos"]) is not None:
+        seen: set[bytes] = set()
+        get = txn.get
+        docnos_db = dbs["docnos"]
+        for i, rid in enumerate(b.ids):
+            if rid in seen or get(rid, db=docnos_db) is not None:
                 continue
             seen.add(rid)
             keep.append(i)
         m = len(keep)
         if m == 0:
-            return 0, len(b.records)
+            return 0, len(b)
         idx = np.asarray(keep, dtype=np.int64)
-        docno = np.full(len(b.records), -1, dtype=np.int64)
+        docno = np.full(len(b), -1, dtype=np.int64)
         docno[idx] = np.arange(n0, n0 + m)
-        cols = {name: np.zeros(m, dtype=dt) for name, dt in COLUMNS.items()}
-        not_current = 0
-        for j, i in enumerate(keep):
-            rec = b.records[i]
-            rid = rec["id"].encode()
-            key = _U32.pack(n0 + j)
-            txn.put(rid, pack(rec), db=dbs["records"])
-            txn.put(rid, key, db=dbs["docnos"])
-            txn.put(key, rid, db=dbs["ids"])
-            code = ns_codes.get(rec["ns"])
-            if code is None:
-                code = ns_codes[rec["ns"]] = len(ns_codes)
-            cols["ns"][j] = code
-            cols["t_event"][j] = _time(rec.get("t_event"))
-            cols["valid_from"][j] = _time(rec.get("valid_from"))
-            vt = rec.get("valid_to")
-            cols["valid_to"][j] = _time(vt) if vt else math.inf
-            not_current += vt is not None
-            cols["level"][j] = LEVELS.index(rec.get("level", "turn"))
-            cols["tokens"][j] = rec.get("tokens") or 0
-            cols["status"][j] = STATUS_ARCHIVED if rec.get("meta", {}).get("archived") \
-                else STATUS_ACTIVE
-        cols["dl"][:] = b.doc_len[idx]
-        cols["group"][:] = b.groups[idx]
+        rids = [b.ids[i] for i in keep]
+        keys = [_U32.pack(d) for d in range(n0, n0 + m)]
+        txn.cursor(db=dbs["records"]).putmulti(zip(rids, (b.packed[i] for i in keep),
+                                                   strict=True))
+        txn.cursor(db=dbs["docnos"]).putmulti(zip(rids, keys, strict=True))
+        txn.cursor(db=dbs["ids"]).putmulti(zip(keys, rids, strict=True), append=True)
+        ns = [b.ns[i] for i in keep]
+        for name in dict.fromkeys(ns):
+            if name not in ns_codes:
+                ns_codes[name] = len(ns_codes)
+        cols = {name: values[idx] for name, values in b.cols.items()}
+        cols["ns"] = np.fromiter((ns_codes[x] for x in ns), np.uint32, m)
         for name, values in cols.items():
             self._write_rows(txn, "cols", name, n0, values)
         self._write_vectors(txn, n0, b.vectors[idx])
-        self._write_postings(txn, b, docno)
+        seq = int(stats.get("segments", 0))
+        self._write_postings(txn, b, docno, seq)
         stats["n"] = n0 + m
+        stats["segments"] = seq + 1
         stats["total_len"] = int(stats["total_len"]) + int(cols["dl"].sum())
-        stats["not_current"] = int(stats.get("not_current", 0)) + not_current
+        stats["not_current"] = int(stats.get("not_current", 0)) + int(
+            np.isfinite(cols["valid_to"]).sum())
+        stats["archived"] = int(stats.get("archived", 0)) + int(cols["status"].sum())
         self._put_meta(txn, "stats", stats)
         self._put_meta(txn, "ns_codes", ns_codes)
-        return m, len(b.records) - m
+        return m, len(b) - m
 
     def _write_rows(self, txn, dbname: str, name: str, start: int, values: np.ndarray) -> None:
         db = self.dbs[dbname]
@@ -362,36 +383,73 @@ class LmdbStore:
             txn.put(key, arr.tobytes(), db=db)
             pos += take
 
-    def _write_postings(self, txn, b: Prepared, docno: np.ndarray) -> None:
-        db = self.dbs["postings"]
+    def _write_postings(self, txn, b: Prepared, docno: np.ndarray, seq: int) -> None:
+        """One new segment per term per batch: append-only, no read-modify-write.
+
+        merge_postings() later folds runs of small segments together (as Lucene merges).
+        """
         dn = docno[b.term_doc]
         ok = dn >= 0
         term_idx, dn, tf = b.term_idx[ok], dn[ok], b.term_tf[ok]
         order = np.lexsort((dn, term_idx))
         term_idx, dn, tf = term_idx[order], dn[order].astype(np.uint32), tf[order]
-        bounds = np.flatnonzero(np.r_[True, term_idx[1:] != term_idx[:-1], True])
-        cur = txn.cursor(db=db)
+        bounds = np.flatnonzero(np.r_[True, term_idx[1:] != term_idx[:-1], True]).tolist()
+        suffix = b"\x00" + _U32.pack(seq)
+        dn_b, tf_b = dn.tobytes(), tf.astype(np.uint16).tobytes()
+        items = []
         for s, e in zip(bounds[:-1], bounds[1:], strict=True):
-            term = b.term_stem[term_idx[s]].encode("utf-8")[:400] + b"\x00"
-            docs, tfs = dn[s:e], tf[s:e]
-            seg = 0
-            if cur.set_range(term + b"\xff\xff\xff\xff"):
-                found = cur.prev()
-            else:
-                found = cur.last()
-            if found:
-                key = cur.key()
-                if len(key) == len(term) + 4 and key[: len(term)] == term:
-                    seg = _U32.unpack(key[-4:])[0]
-                    old = cur.value()
-                    k = len(old) // 6
-                    if k + len(docs) <= SEGMENT_MAX:
-                        docs = np.concatenate([np.frombuffer(old, np.uint32, k), docs])
-                        tfs = np.concatenate([np.frombuffer(old, np.uint16, k, 4 * k), tfs])
-                    else:
-                        seg += 1
-            txn.put(term + _U32.pack(seg), docs.tobytes() + tfs.astype(np.uint16).tobytes(),
-                    db=db)
+            term = b.term_stem[term_idx[s]].encode("utf-8")[:400]
+            items.append((term + suffix, dn_b[4 * s : 4 * e] + tf_b[2 * s : 2 * e]))
+        items.sort()
+        txn.cursor(db=self.dbs["postings"]).putmulti(items)
+
+    def merge_postings(self, min_segments: int = 8) -> int:
+        """Fold each term's segments into as few as possible once it has min_segments.
+
+        Recall reads every segment of a query term, so many small segments (from small
+        ingest batches) cost latency. Returns the number of terms merged.
+        """
+        db = self.dbs["postings"]
+        merged = 0
+        with self._read_txn() as txn:
+            todo: list[bytes] = []
+            last, count = None, 0
+            for key in txn.cursor(db=db).iternext(keys=True, values=False):
+                term = bytes(key[:-5])
+                if term != last:
+                    if last is not None and count >= min_segments:
+                        todo.append(last)
+                    last, count = term, 0
+                count += 1
+            if last is not None and count >= min_segments:
+                todo.append(last)
+        for lo in range(0, len(todo), 2000):
+            def fn(txn, terms=todo[lo : lo + 2000]):
+                cur = txn.cursor(db=db)
+                for term in terms:
+                    prefix = term + b"\x00"
+                    keys, docs, tfs = [], [], []
+                    if cur.set_range(prefix):
+                        for k, v in cur:
+                            if len(k) != len(prefix) + 4 or k[: len(prefix)] != prefix:
+                                break
+                            n = len(v) // 6
+                            keys.append(bytes(k))
+                            docs.append(np.frombuffer(v, np.uint32, n).copy())
+                            tfs.append(np.frombuffer(v, np.uint16, n, 4 * n).copy())
+                    d, t = np.concatenate(docs), np.concatenate(tfs)
+                    if -(-len(d) // SEGMENT_MAX) > len(keys):
+                        continue  # already as compact as segments allow
+                    for k in keys:
+                        txn.delete(k, db=db)
+                    for i, s in enumerate(range(0, len(d), SEGMENT_MAX)):
+                        # the merged runs keep the order, named after the segments they replace
+                        key = keys[min(i, len(keys) - 1)]
+                        txn.put(key, d[s : s + SEGMENT_MAX].tobytes()
+                                + t[s : s + SEGMENT_MAX].tobytes(), db=db)
+                return len(terms)
+            merged += self.write_batch(fn)
+        return merged
 
     def update_records(self, txn, records: list[dict]) -> None:
         """Rewrite existing records (validity, links, meta); their id and docno stay."""

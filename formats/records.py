@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 import unicodedata
 from datetime import datetime, timezone
@@ -17,21 +16,15 @@ RECORD_VERSION = 1
 LEVELS = ("turn", "chunk", "doc", "fact", "summary", "cluster")
 LINK_TYPES = ("supersedes", "derived_from", "related", "contradicts")
 
-_WS = re.compile(r"\s+")
-
-
 def normalise_text(text: str) -> str:
     """NFKC, case-folded, whitespace collapsed: the form ids are computed from."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
 
 
 def memory_id(ns: str, text: str, uri: str = "", offset: Any = "") -> str:
     """Content-addressed id: the same text at the same source position is the same memory."""
-    h = hashlib.blake2b(digest_size=16)
-    for part in (ns, normalise_text(text), uri, str(offset)):
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\x1f")
-    return h.hexdigest()
+    key = f"{ns}\x1f{normalise_text(text)}\x1f{uri}\x1f{offset}\x1f"
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def now_iso() -> str:
@@ -41,15 +34,41 @@ def now_iso() -> str:
     return to_iso(ts)
 
 
+_DAY_CACHE: dict[int, str] = {}
+_DATE_CACHE: dict[str, int] = {}
+
+
 def to_iso(ts: float | None) -> str | None:
+    """Epoch seconds -> 'YYYY-MM-DDTHH:MM:SSZ' (UTC), with the date part cached per day."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    sec = int(ts // 1)
+    day, rest = divmod(sec, 86400)
+    date = _DAY_CACHE.get(day)
+    if date is None:
+        date = datetime.fromtimestamp(day * 86400, tz=timezone.utc).strftime("%Y-%m-%d")
+        if len(_DAY_CACHE) < 100000:
+            _DAY_CACHE[day] = date
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return f"{date}T{h:02d}:{m:02d}:{s:02d}Z"
 
 
 def from_iso(value: str | None) -> float | None:
+    """ISO 8601 -> epoch seconds; our own fixed UTC form takes a fast path."""
     if value is None:
         return None
+    if len(value) == 20 and value[10] == "T" and value[19] == "Z" and value[13] == ":":
+        day = _DATE_CACHE.get(value[:10])
+        if day is None:
+            day = int(datetime.fromisoformat(value[:10] + "T00:00:00+00:00").timestamp())
+            if len(_DATE_CACHE) < 100000:
+                _DATE_CACHE[value[:10]] = day
+        try:
+            return float(day + int(value[11:13]) * 3600 + int(value[14:16]) * 60
+                         + int(value[17:19]))
+        except ValueError:
+            pass
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
@@ -95,7 +114,8 @@ def check_version(rec: Any) -> str | None:
     if not isinstance(major, int):
         return f"bad version field {v!r}"
     if major > VERSION[0]:
-        return f"format version {major} is newer than this memstack reads ({VERSION[0]}); upgrade memstack"
+        return (f"format version {major} is newer than this memstack reads ({VERSION[0]}); "
+                "upgrade memstack")
     return None
 
 

@@ -44,8 +44,8 @@ def _json_default(obj: Any):
     import numpy as np
 
     if isinstance(obj, np.ndarray):
-        return {"$ndarray": {"dtype": obj.dtype.str, "shape": list(obj.shape),
-                             "data": base64.b64encode(np.ascontiguousarray(obj).tobytes()).decode()}}
+        data = base64.b64encode(np.ascontiguousarray(obj).tobytes()).decode()
+        return {"$ndarray": {"dtype": obj.dtype.str, "shape": list(obj.shape), "data": data}}
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, bytes | bytearray | memoryview):

@@ -15,6 +15,7 @@ pytest.importorskip("ctransformers")
 gguf = pytest.importorskip("gguf")
 
 from gguf_model import write_tiny_llama  # noqa: E402  (tests/ is on sys.path under pytest)
+
 from memstack.core import embed_gguf  # noqa: E402
 from memstack.core.embed_gguf import GgufEmbedder, read_gguf_info  # noqa: E402
 from memstack.core.errors import ConfigError, MemstackError  # noqa: E402

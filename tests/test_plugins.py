@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from memstack.core.embed import HashingEmbedder
 from memstack.core.errors import ConfigError, MemstackError
 from memstack.plugins import registry
