@@ -31,8 +31,8 @@ INPUT_FORMATS = ("auto", "text", "markdown", "jsonl", "json", "locomo", "records
 @click.option("--encoding", default=None,
               help="tiktoken encoding for token counts (default cl100k_base, offline fallback).")
 @click.option("-o", "--output", default=None, metavar="FILE",
-              help="Also write the records to FILE ('-' for stdout); without --store the "
-                   "store is not touched.")
+              help="Write the records to FILE ('-' for stdout); the store is then written "
+                   "only when --store is given on the command line.")
 @click.option("--out-format", type=click.Choice(["msgpack", "jsonl"]), default="msgpack",
               show_default=True, help="Format of the -o stream.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=10000, show_default=True,
@@ -75,7 +75,9 @@ def ingest_cmd(inputs, ns, source, format_, store, embedder, encoding, output, o
     if inputs.count("-") > 1:
         raise click.UsageError("stdin ('-') can be read only once")
     st = None
-    if output is None or store is not None:
+    ctx = click.get_current_context()
+    named = ctx.get_parameter_source("store") == click.core.ParameterSource.COMMANDLINE
+    if output is None or named:  # with -o, only an explicit --store is written too
         st = open_store(store, write=True, create=True, lock_timeout=lock_timeout)
     spec = embedder or ((st.meta.get("embedder") or {}).get("spec") if st else None) or "hash"
     emb = load_embedder(spec)

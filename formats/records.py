@@ -21,9 +21,17 @@ def normalise_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
 
 
-def memory_id(ns: str, text: str, uri: str = "", offset: Any = "") -> str:
+def source_position(source: dict) -> str:
+    """Where in its source a memory was said: file name (not its directory, so the same
+    file reached by another path is the same source), session and offset."""
+    uri = str(source.get("uri", ""))
+    base = uri.rstrip("/").rsplit("/", 1)[-1] if "://" not in uri else uri
+    return f"{base}#{source.get('session', '')}#{source.get('offset', '')}"
+
+
+def memory_id(ns: str, text: str, position: str = "") -> str:
     """Content-addressed id: the same text at the same source position is the same memory."""
-    key = f"{ns}\x1f{normalise_text(text)}\x1f{uri}\x1f{offset}\x1f"
+    key = f"{ns}\x1f{normalise_text(text)}\x1f{position}\x1f"
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
@@ -90,7 +98,7 @@ def memory_record(
     return {
         "v": RECORD_VERSION,
         "kind": "memory",
-        "id": memory_id(ns, text, source.get("uri", ""), source.get("offset", "")),
+        "id": memory_id(ns, text, source_position(source)),
         "ns": ns,
         "text": text,
         "tokens": tokens,
