@@ -15,7 +15,6 @@ from memstack.core.errors import StoreError
 from memstack.core.store import (
     BLOCK_ROWS,
     COLUMNS,
-    VEC_BLOCK_ROWS,
     LmdbStore,
 )
 from memstack.formats.records import check_memory
@@ -98,14 +97,20 @@ def verify(store: LmdbStore) -> list[str]:
                     problems.append(f"column {name}: block {b} missing or wrong size")
         dim = (store.meta.get("embedder") or {}).get("dim")
         if n and dim:
-            for b in range((n + VEC_BLOCK_ROWS - 1) // VEC_BLOCK_ROWS):
-                raw = txn.get(b.to_bytes(4, "big"), db=dbs["vectors"])
-                if raw is None or len(raw) != VEC_BLOCK_ROWS * dim * 4:
-                    problems.append(f"vectors: block {b} missing or wrong size")
-                    continue
+            expect = 0
+            for key, raw in txn.cursor(db=dbs["vectors"]):
+                start = int.from_bytes(bytes(key), "big")
+                if start != expect or len(raw) % (4 * dim):
+                    problems.append(f"vectors: segment at {start} breaks the sequence "
+                                    f"(expected {expect})")
+                    break
                 arr = np.frombuffer(raw, dtype=np.float32)
                 if not np.isfinite(arr).all():
-                    problems.append(f"vectors: block {b} holds NaN or Inf")
+                    problems.append(f"vectors: segment at {start} holds NaN or Inf")
+                expect = start + len(raw) // (4 * dim)
+            else:
+                if expect != n:
+                    problems.append(f"vectors: {expect} rows stored, stats say {n}")
         total = 0
         cur = txn.cursor(db=dbs["postings"])
         for key, val in cur:

@@ -191,6 +191,8 @@ def ingest(inputs: list[tuple[str, IO[bytes]]], *, embedder, tokenizer: Tokenize
         ingest_items(items, opts.source or name, embedder=embedder, tokenizer=tokenizer,
                      store=store, out=out, opts=opts, stats=stats, on_bad=on_bad,
                      progress=progress)
+    if store is not None:
+        store.optimize()
     return stats
 
 

@@ -53,14 +53,18 @@ class Hit:
     explain: dict = field(default_factory=dict)
 
 
-def _z(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    vals = x[mask]
+def _z(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """z-scores (float32) with mean and spread taken over the eligible memories."""
+    vals = x if mask is None else x[mask]
     if vals.size == 0:
-        return np.zeros_like(x)
+        return np.zeros(x.shape, dtype=np.float32)
     sd = float(vals.std())
     if sd == 0.0:
-        return np.zeros_like(x)
-    return (x - float(vals.mean())) / sd
+        return np.zeros(x.shape, dtype=np.float32)
+    out = x.astype(np.float32, copy=True)
+    out -= np.float32(vals.mean())
+    out *= np.float32(1.0 / sd)
+    return out
 
 
 def _rank_of(scores: np.ndarray, mask: np.ndarray, docno: int) -> int:
@@ -150,29 +154,29 @@ class Searcher:
         else:
             q = self.embedder.embed_query(query)
         vec = self._vectors(snap, q.astype(np.float32)) if np.any(q) else None
-        fused = _z(bm25, mask) if bm25.any() else np.zeros(snap.n, dtype=np.float32)
+        every = None if mask.all() else mask
+        fused = _z(bm25, every) if bm25.any() else np.zeros(snap.n, dtype=np.float32)
         if vec is not None:
-            fused = fused + o.vec_weight * _z(vec, mask)
-        base = fused
+            zv = _z(vec, every)
+            zv *= np.float32(o.vec_weight)
+            fused += zv
         bonus = None
         if o.neighbour and snap.n > 1:
             group = snap.column("group")
             same = group[1:] == group[:-1]
-            left = np.full(snap.n, -np.inf, dtype=np.float64)
-            right = np.full(snap.n, -np.inf, dtype=np.float64)
-            left[1:][same] = base[:-1][same]
-            right[:-1][same] = base[1:][same]
-            best = np.maximum(left, right)
-            bonus = np.where(np.isfinite(best), o.neighbour * best, 0.0)
-            fused = base + bonus
+            best = np.full(snap.n, -np.inf, dtype=np.float32)
+            best[1:] = np.where(same, fused[:-1], -np.inf)
+            np.maximum(best[:-1], np.where(same, fused[1:], -np.inf), out=best[:-1])
+            bonus = np.where(best > -np.inf, np.float32(o.neighbour) * best, np.float32(0))
+            fused = fused + bonus
         recency = None
         if o.recency_half_life:
             now = o.now if o.now is not None else (o.as_of or time.time())
             te = snap.column("t_event")
             age = np.clip(np.nan_to_num(now - te, nan=np.inf), 0, None)
-            recency = o.recency_weight * np.exp2(-age / o.recency_half_life)
+            recency = (o.recency_weight * np.exp2(-age / o.recency_half_life)).astype(np.float32)
             fused = fused + recency
-        final = np.where(mask, fused, -np.inf)
+        final = fused if every is None else np.where(mask, fused, -np.inf)
         eligible = int(mask.sum())
         want = min(eligible, max(o.k * (5 if o.mmr else 1), o.k))
         top = np.argpartition(-final, want - 1)[:want] if want < snap.n else np.arange(snap.n)

@@ -4,7 +4,8 @@ Layout (named databases):
   records  id -> msgpack memory record (without its vector)
   docnos   id -> docno (uint32 BE);  ids  docno (BE) -> id
   cols     "<column>:" + block (BE) -> a block of BLOCK_ROWS values of one column
-  vectors  block (BE) -> VEC_BLOCK_ROWS x dim float32, read zero-copy from the map
+  vectors  first docno (BE) -> a segment of rows x dim float32, read zero-copy from the map;
+           one segment per ingest batch, merged into larger ones by optimize()
   postings term + 0x00 + segment (BE) -> uint32 docnos then uint16 term frequencies
   meta     schema, embedder, tokenizer, stats, namespace codes
   log      access log for decay (time_ns BE + docno BE -> b"")
@@ -35,7 +36,7 @@ from memstack.formats.records import LEVELS, from_iso
 
 SCHEMA_VERSION = 1
 BLOCK_ROWS = 16384
-VEC_BLOCK_ROWS = 1024
+VEC_SEGMENT_BYTES = 64 << 20  # merge target: big enough that BLAS runs at memory speed
 SEGMENT_MAX = 65536
 DB_NAMES = ("records", "docnos", "ids", "cols", "vectors", "postings", "meta", "log")
 COLUMNS = {
@@ -368,20 +369,50 @@ class LmdbStore:
             txn.put(key, arr.tobytes(), db=db)
 
     def _write_vectors(self, txn, start: int, vecs: np.ndarray) -> None:
+        """Append the batch's vectors as one contiguous segment (LMDB keeps a value's
+        overflow pages together, so recall scans it with a single BLAS call)."""
+        txn.put(_U32.pack(start), np.ascontiguousarray(vecs, dtype=np.float32).tobytes(),
+                db=self.dbs["vectors"], append=True)
+
+    def merge_vectors(self, max_segments: int = 16) -> int:
+        """Fold runs of small vector segments into segments of up to VEC_SEGMENT_BYTES."""
         db = self.dbs["vectors"]
-        dim = vecs.shape[1]
-        pos = 0
-        while pos < len(vecs):
-            block, off = divmod(start + pos, VEC_BLOCK_ROWS)
-            take = min(VEC_BLOCK_ROWS - off, len(vecs) - pos)
-            key = _U32.pack(block)
-            old = txn.get(key, db=db)
-            arr = np.zeros((VEC_BLOCK_ROWS, dim), dtype=np.float32)
-            if old is not None:
-                arr[:] = np.frombuffer(old, dtype=np.float32).reshape(VEC_BLOCK_ROWS, dim)
-            arr[off : off + take] = vecs[pos : pos + take]
-            txn.put(key, arr.tobytes(), db=db)
-            pos += take
+        with self._read_txn() as txn:
+            sizes = [(bytes(k), len(v)) for k, v in txn.cursor(db=db)]
+        if len(sizes) <= max_segments:
+            return 0
+        runs: list[list[bytes]] = []
+        run: list[bytes] = []
+        total = 0
+        for key, size in sizes:
+            if run and total + size > VEC_SEGMENT_BYTES:
+                runs.append(run)
+                run, total = [], 0
+            run.append(key)
+            total += size
+        runs.append(run)
+        runs = [r for r in runs if len(r) > 1]
+
+        def fn(txn):
+            for keys in runs:
+                data = b"".join(bytes(txn.get(k, db=db)) for k in keys)
+                for k in keys[1:]:
+                    txn.delete(k, db=db)
+                txn.put(keys[0], data, db=db)
+            return len(runs)
+
+        return self.write_batch(fn)
+
+    def optimize(self, force: bool = False) -> bool:
+        """Merge postings and vector segments once 8 batches have landed since the last
+        merge (ingest calls this at its end, so small cron runs stay cheap)."""
+        seq = int(self.stats.get("segments", 0))
+        if not force and seq - int(self.meta.get("merged_at", 0)) < 8:
+            return False
+        self.merge_postings()
+        self.merge_vectors()
+        self.write_batch(lambda txn: self._put_meta(txn, "merged_at", seq))
+        return True
 
     def _write_postings(self, txn, b: Prepared, docno: np.ndarray, seq: int) -> None:
         """One new segment per term per batch: append-only, no read-modify-write.
@@ -514,21 +545,28 @@ class Snapshot:
         return out
 
     def vector_blocks(self, dim: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(first docno, rows) per block, zero-copy views into the memory map."""
-        db = self.dbs["vectors"]
-        for block in range(0, (self.n + VEC_BLOCK_ROWS - 1) // VEC_BLOCK_ROWS):
-            raw = self.txn.get(_U32.pack(block), db=db)
-            lo = block * VEC_BLOCK_ROWS
-            take = min(VEC_BLOCK_ROWS, self.n - lo)
+        """(first docno, rows) per segment, zero-copy views into the memory map."""
+        row_bytes = 4 * dim
+        for key, raw in self.txn.cursor(db=self.dbs["vectors"]):
+            lo = _U32.unpack(bytes(key))[0]
+            take = min(len(raw) // row_bytes, self.n - lo)
+            if take <= 0:
+                break
             yield lo, np.frombuffer(raw, dtype=np.float32, count=take * dim).reshape(take, dim)
 
-    def vector(self, docno: int) -> np.ndarray | None:
-        raw = self.txn.get(_U32.pack(docno // VEC_BLOCK_ROWS), db=self.dbs["vectors"])
-        if raw is None:
+    def vector(self, docno: int, dim: int | None = None) -> np.ndarray | None:
+        """One stored vector (a copy)."""
+        dim = dim or (self.store.meta.get("embedder") or {}).get("dim")
+        cur = self.txn.cursor(db=self.dbs["vectors"])
+        found = cur.prev() if cur.set_range(_U32.pack(docno + 1)) else cur.last()
+        if not found or not dim:
             return None
-        dim = len(raw) // 4 // VEC_BLOCK_ROWS
-        off = (docno % VEC_BLOCK_ROWS) * dim
-        return np.frombuffer(raw, dtype=np.float32, count=dim, offset=off * 4).copy()
+        start = _U32.unpack(bytes(cur.key()))[0]
+        raw = cur.value()
+        off = (docno - start) * dim * 4
+        if start > docno or off + dim * 4 > len(raw):
+            return None
+        return np.frombuffer(raw, dtype=np.float32, count=dim, offset=off).copy()
 
     def postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
         key = term.encode("utf-8")[:400] + b"\x00"
