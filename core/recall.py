@@ -171,8 +171,11 @@ class Searcher:
             fused = fused + bonus
         recency = None
         if o.recency_half_life:
-            now = o.now if o.now is not None else (o.as_of or time.time())
             te = snap.column("t_event")
+            # ages count back from the newest memory (or --as-of), so an old archive still
+            # ranks its own recent events first
+            newest = float(np.nanmax(te)) if np.isfinite(te).any() else time.time()
+            now = o.now if o.now is not None else (o.as_of or newest)
             age = np.clip(np.nan_to_num(now - te, nan=np.inf), 0, None)
             recency = (o.recency_weight * np.exp2(-age / o.recency_half_life)).astype(np.float32)
             fused = fused + recency

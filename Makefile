@@ -1,0 +1,55 @@
+# memstack: `make demo` runs the main job on an embedded store; `make test` runs the tests.
+# Both create .venv and install what they need on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_STORE ?= demo/store
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+.DELETE_ON_ERROR:
+
+.PHONY: demo test install dev lint completions bench bench-quick clean
+
+$(VENV)/.base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.dev
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@
+
+install: $(VENV)/.base
+dev: $(VENV)/.dev
+
+demo: $(VENV)/.base
+	$(BIN)/memstack ingest core/data/sample-chat.jsonl --ns user:alice --store $(DEMO_STORE)
+	$(BIN)/memstack store stats --store $(DEMO_STORE) | head -12
+	$(BIN)/memstack recall "what is alice allergic to?" "who is alice's manager?" \
+		--ns user:alice --store $(DEMO_STORE) -k 3 --budget 120 --format prompt
+	$(BIN)/memstack recall "where does alice live now?" --store $(DEMO_STORE) -k 3 \
+		--recency 90d --format table --explain
+
+test: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+
+completions: $(VENV)/.base
+	$(BIN)/python -m memstack.cli.completion completions
+
+bench: $(VENV)/.bench
+	$(BIN)/python benchmarks/run_all.py
+
+bench-quick: $(VENV)/.bench
+	$(BIN)/python benchmarks/run_all.py --quick
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info .pytest_cache .ruff_cache
