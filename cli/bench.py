@@ -18,10 +18,21 @@ def _emit(records, fmt: str) -> None:
                 writer.write(rec)
                 writer.flush()
         return
-    for rec in records:
-        extra = " ".join(f"{k}={v}" for k, v in rec.items()
-                         if k not in ("v", "kind", "bench", "metric", "value"))
-        click.echo(f"{rec['bench']:8} {rec['metric']:24} {rec['value']:>14.4f}  {extra}")
+    rows: dict[tuple, dict] = {}
+    for rec in records:  # one row per bench and context (e.g. category), metrics as columns
+        ctx = tuple((k, v) for k, v in rec.items()
+                    if k not in ("v", "kind", "bench", "metric", "value", "n", "queries",
+                                 "runs", "questions", "dataset", "batch"))
+        rows.setdefault((rec["bench"],) + ctx, {})[rec["metric"]] = rec["value"]
+    metrics: list[str] = []
+    for cols in rows.values():
+        metrics.extend(m for m in cols if m not in metrics)
+    head = f"{'bench':8} {'context':14} " + " ".join(f"{m[:14]:>14}" for m in metrics)
+    click.echo(head)
+    for key, cols in rows.items():
+        ctx = ",".join(str(v) for _, v in key[1:]) or "-"
+        cells = " ".join(f"{cols[m]:>14.4f}" if m in cols else f"{'':>14}" for m in metrics)
+        click.echo(f"{key[0]:8} {ctx[:14]:14} {cells}")
 
 
 @click.group(name="bench")

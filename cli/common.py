@@ -80,7 +80,9 @@ def store_embedder(store, requested: str | None):
     spec = requested or (store.meta.get("embedder") or {}).get("spec") or "hash"
     emb = load_embedder(spec)
     have = store.meta.get("embedder")
-    if have is not None and have != emb.identity():
+    from memstack.core.store import same_embedder
+
+    if have is not None and not same_embedder(have, emb.identity()):
         from memstack.core.errors import StoreError
 
         raise StoreError(f"{store.path}: store was built with embedder {have.get('spec')!r}, "

@@ -37,6 +37,9 @@ def worth_it(fp: IO[bytes], fmt: str) -> bool:
 
 
 def _init(embedder_spec: str, encoding: str, opts: IngestOptions, keep_records: bool) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     from memstack.core.text import load_tokenizer
     from memstack.plugins.registry import load_embedder
 

@@ -57,6 +57,13 @@ _U32 = struct.Struct(">I")
 _NO_TIME = float("nan")
 
 
+def same_embedder(a: dict, b: dict) -> bool:
+    """Identities match on everything but the spec (a GGUF file may move; its hash may not)."""
+    def key(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k != "spec"}
+    return key(a) == key(b)
+
+
 def default_store_path() -> str:
     """$MEMSTACK_STORE, else the per-user data directory."""
     env = os.environ.get("MEMSTACK_STORE")
@@ -225,7 +232,7 @@ class LmdbStore:
     def check_identity(self, embedder: dict, tokenizer: dict | None) -> None:
         """Refuse to mix embedders or tokenizers in one store; a new store records them."""
         have = self.meta.get("embedder")
-        if have is not None and have != embedder:
+        if have is not None and not same_embedder(have, embedder):
             raise StoreError(f"{self.path}: store was built with embedder {have.get('spec')!r}, "
                              f"not {embedder.get('spec')!r}; use --embedder {have.get('spec')} "
                              f"or another store")
