@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from memstack.core.store import COLUMNS, STATUS_ACTIVE, LmdbStore, Snapshot
 from memstack.formats.records import LEVELS
 
 K1, B = 1.2, 0.75
+CANDIDATES = 1000  # per signal; every candidate's neighbours are scored too
+BINARY_MIN = 250_000  # from this many memories, vectors are prefiltered by SimHash codes
 
 
 @dataclass
@@ -53,22 +54,42 @@ class Hit:
     explain: dict = field(default_factory=dict)
 
 
-def _z(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """z-scores (float32) with mean and spread taken over the eligible memories."""
+def _zstats(x: np.ndarray, mask: np.ndarray | None) -> tuple[np.float32, np.float32] | None:
+    """Mean and 1/spread over the eligible memories (None when the signal is flat)."""
     vals = x if mask is None else x[mask]
     if vals.size == 0:
-        return np.zeros(x.shape, dtype=np.float32)
-    sd = float(vals.std())
-    if sd == 0.0:
-        return np.zeros(x.shape, dtype=np.float32)
-    out = x.astype(np.float32, copy=True)
-    out -= np.float32(vals.mean())
-    out *= np.float32(1.0 / sd)
-    return out
+        return None
+    mean = float(vals.sum(dtype=np.float64)) / vals.size
+    var = float(np.dot(vals, vals)) / vals.size - mean * mean
+    if var <= 1e-12:
+        return None
+    return np.float32(mean), np.float32(1.0 / math.sqrt(var))
 
 
-def _rank_of(scores: np.ndarray, mask: np.ndarray, docno: int) -> int:
-    return int(np.count_nonzero(scores[mask] > scores[docno])) + 1
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique by sorting (numpy 2's hash-based unique is slower on these sizes)."""
+    x = np.sort(x)
+    return x[np.r_[True, x[1:] != x[:-1]]] if len(x) else x
+
+
+def _top(x: np.ndarray, c: int) -> np.ndarray:
+    """Indices of (at least) the c largest finite values, without sorting the whole array."""
+    n = len(x)
+    if c >= n:
+        return np.arange(n)
+    step = max(1, n // 20000)
+    sample = x[::step]
+    k = min(len(sample) - 1, int(math.ceil(2.0 * c / n * len(sample))) + 1)
+    thr = np.partition(sample, len(sample) - k)[len(sample) - k]
+    idx = np.flatnonzero(x >= thr)
+    if len(idx) < c or len(idx) > 8 * c:  # the sample misjudged: do it exactly
+        idx = np.argpartition(-x, c - 1)[:c]
+    return idx
+
+
+def _rank_of(scores: np.ndarray, mask: np.ndarray | None, docno: int) -> int:
+    vals = scores if mask is None else scores[mask]
+    return int(np.count_nonzero(vals > scores[docno])) + 1
 
 
 class Searcher:
@@ -111,25 +132,78 @@ class Searcher:
         if not terms:
             return scores, idf
         avgdl = max(float(snap.stats.get("total_len", 0)) / max(n, 1), 1e-9)
-        dl = None
         for term in dict.fromkeys(terms):
             docs, tfs = snap.postings(term)
             df = len(docs)
             idf[term] = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
             if df == 0:
                 continue
-            if dl is None:
-                dl = snap.column("dl").astype(np.float32)
             tf = tfs.astype(np.float32)
-            norm = K1 * (1.0 - B + B * dl[docs] / avgdl)
+            norm = K1 * (1.0 - B + B * snap.column_at("dl", docs).astype(np.float32) / avgdl)
             scores[docs] += idf[term] * tf * (K1 + 1.0) / (tf + norm)
         return scores, idf
+
+    def _exact_zstats(self, snap: Snapshot, q: np.ndarray, every: np.ndarray | None):
+        mom = self.store.meta.get("vec_moments")
+        if every is None and mom is not None and int(mom["n"]) == snap.n:
+            q64 = q.astype(np.float64)
+            mean = float(mom["sum"] @ q64) / snap.n
+            var = float(q64 @ mom["gram"] @ q64) / snap.n - mean * mean
+            if var <= 1e-12:
+                return None
+            return np.float32(mean), np.float32(1.0 / math.sqrt(var))
+        pool = np.arange(snap.n) if every is None else np.flatnonzero(every)
+        sample = pool[:: max(1, len(pool) // 4096)]  # an even sample of eligible memories
+        return _zstats(snap.vectors_at(sample, len(q)) @ q, None)
+
+    def _hamming(self, snap: Snapshot, q: np.ndarray, planes: np.ndarray) -> np.ndarray:
+        """Cosine estimated from SimHash Hamming distances: 32 bytes read per memory."""
+        from memstack.core.store import CODE_BITS, simhash
+
+        qcode = simhash(q[None, :], planes)[0]
+        table = np.cos(np.pi * np.arange(CODE_BITS + 1) / CODE_BITS).astype(np.float32)
+        out = np.zeros(snap.n, dtype=np.float32)
+        for lo, codes in snap.code_blocks():
+            dist = np.bitwise_count(codes ^ qcode).sum(axis=1, dtype=np.int32)
+            out[lo : lo + len(codes)] = table[dist]
+        return out
 
     def _vectors(self, snap: Snapshot, q: np.ndarray) -> np.ndarray:
         out = np.empty(snap.n, dtype=np.float32)
         for lo, block in snap.vector_blocks(len(q)):
             np.matmul(block, q, out=out[lo : lo + len(block)])
         return out
+
+    def _query_vector(self, query: str, idf: dict[str, float], n: int) -> np.ndarray:
+        if getattr(self.embedder, "uses_idf", False):
+            default = math.log(1.0 + n)
+            weights = None
+            if idf:
+                def weights(stems: list[str]) -> np.ndarray:
+                    return np.array([idf.get(s, default) for s in stems])
+            q = self.embedder.embed_query(query, idf=weights)
+        else:
+            q = self.embedder.embed_query(query)
+        return np.asarray(q, dtype=np.float32)
+
+    def _candidates(self, snap: Snapshot, bm25: np.ndarray | None, vec: np.ndarray | None,
+                    every: np.ndarray | None, o: RecallOptions,
+                    approx: bool = False) -> np.ndarray:
+        """Memories that can reach the top: the best of each signal (all of a small store)."""
+        n = snap.n
+        if n <= 4 * CANDIDATES:
+            return np.arange(n) if every is None else np.flatnonzero(every)
+        parts = []
+        for sig, c in ((bm25, CANDIDATES), (vec, CANDIDATES * (2 if approx else 1))):
+            if sig is not None:
+                parts.append(_top(sig if every is None else np.where(every, sig, -np.inf), c))
+        if o.recency_half_life:
+            te = np.nan_to_num(snap.column("t_event"), nan=-np.inf)
+            parts.append(_top(te if every is None else np.where(every, te, -np.inf),
+                              CANDIDATES))
+        if not parts:
+            parts.append(np.arange(min(n, CANDIDATES)))
+        return _sorted_unique(np.concatenate(parts))
 
     def search(self, query: str, o: RecallOptions | None = None) -> list[Hit]:
         """The best memories for `query`, best first, at most o.k of them."""
@@ -140,78 +214,93 @@ class Searcher:
             return self._search(snap, query, o)
 
     def _search(self, snap: Snapshot, query: str, o: RecallOptions) -> list[Hit]:
+        n = snap.n
         mask = self._mask(snap, o)
-        if not mask.any():
+        every = None if mask.all() else mask
+        if every is not None and not every.any():
             return []
         terms = self.analyzer.terms(query)
         bm25, idf = self._bm25(snap, terms)
-        idf_fn: Callable[[list[str]], np.ndarray] | None = None
-        if getattr(self.embedder, "uses_idf", False) and idf:
-            default = math.log(1.0 + snap.n)
-            idf_fn = lambda stems: np.array([idf.get(s, default) for s in stems])  # noqa: E731
-        if getattr(self.embedder, "uses_idf", False):
-            q = self.embedder.embed_query(query, idf=idf_fn)
-        else:
-            q = self.embedder.embed_query(query)
-        vec = self._vectors(snap, q.astype(np.float32)) if np.any(q) else None
-        every = None if mask.all() else mask
-        fused = _z(bm25, every) if bm25.any() else np.zeros(snap.n, dtype=np.float32)
-        if vec is not None:
-            zv = _z(vec, every)
-            zv *= np.float32(o.vec_weight)
-            fused += zv
+        q = self._query_vector(query, idf, n)
+        vec, approx = None, False
+        if np.any(q):
+            planes = self.store.meta.get("simhash")
+            if n >= BINARY_MIN and planes is not None and planes.shape[1] == len(q):
+                vec, approx = self._hamming(snap, q, planes), True
+            else:
+                vec = self._vectors(snap, q)
+        zb = _zstats(bm25, every) if bm25.any() else None
+        zv = _zstats(vec, every) if vec is not None else None
+        if approx:  # exact mean and spread of the cosines, from the stored vector moments
+            zv = self._exact_zstats(snap, q, every)
+        cand = self._candidates(snap, bm25 if zb else None, vec, every, o, approx)
+        # fused scores of the candidates and of their neighbours (for the neighbour share)
+        ext = _sorted_unique(np.concatenate([cand - 1, cand, cand + 1]).clip(0, n - 1))
+        f_ext = np.zeros(len(ext), dtype=np.float32)
+        if zb:
+            f_ext += (bm25[ext] - zb[0]) * zb[1]
+        if zv:
+            # on the SimHash path the candidates are re-scored with their exact vectors
+            v_ext = snap.vectors_at(ext, len(q)) @ q if approx else vec[ext]
+            f_ext += np.float32(o.vec_weight) * (v_ext - zv[0]) * zv[1]
+        pos = np.searchsorted(ext, cand)
+        final = f_ext[pos].copy()
         bonus = None
-        if o.neighbour and snap.n > 1:
-            group = snap.column("group")
-            same = group[1:] == group[:-1]
-            best = np.full(snap.n, -np.inf, dtype=np.float32)
-            best[1:] = np.where(same, fused[:-1], -np.inf)
-            np.maximum(best[:-1], np.where(same, fused[1:], -np.inf), out=best[:-1])
+        if o.neighbour and n > 1:
+            group = snap.column_at("group", ext)
+            best = np.full(len(cand), -np.inf, dtype=np.float32)
+            for step in (-1, 1):
+                nb = np.clip(pos + step, 0, len(ext) - 1)
+                ok = (ext[nb] == cand + step) & (group[nb] == group[pos])
+                np.maximum(best, np.where(ok, f_ext[nb], -np.inf), out=best)
             bonus = np.where(best > -np.inf, np.float32(o.neighbour) * best, np.float32(0))
-            fused = fused + bonus
+            final += bonus
         recency = None
         if o.recency_half_life:
-            te = snap.column("t_event")
-            # ages count back from the newest memory (or --as-of), so an old archive still
-            # ranks its own recent events first
-            newest = float(np.nanmax(te)) if np.isfinite(te).any() else time.time()
-            now = o.now if o.now is not None else (o.as_of or newest)
-            age = np.clip(np.nan_to_num(now - te, nan=np.inf), 0, None)
+            now = o.now if o.now is not None else (o.as_of or snap.newest_event())
+            age = np.clip(np.nan_to_num(now - snap.column_at("t_event", cand), nan=np.inf),
+                          0, None)
             recency = (o.recency_weight * np.exp2(-age / o.recency_half_life)).astype(np.float32)
-            fused = fused + recency
-        final = fused if every is None else np.where(mask, fused, -np.inf)
-        eligible = int(mask.sum())
+            final += recency
+        if every is not None:
+            final[~every[cand]] = -np.inf
+        eligible = int(np.isfinite(final).sum())
         want = min(eligible, max(o.k * (5 if o.mmr else 1), o.k))
-        top = np.argpartition(-final, want - 1)[:want] if want < snap.n else np.arange(snap.n)
-        top = top[np.lexsort((top, -final[top]))][:want]
+        order = np.lexsort((cand, -final))[:want]
+        top, final_top = cand[order], final[order]
         if o.mmr:
-            top = self._mmr(snap, top, final, q.shape[0], o)
-        top = top[: o.k]
+            keep = self._mmr(snap, top, final_top, o)
+            top, final_top = top[keep], final_top[keep]
+        top, final_top = top[: o.k], final_top[: o.k]
+        score_of = dict(zip(top.tolist(), final_top.tolist(), strict=True))
+        where = dict(zip(top.tolist(), np.searchsorted(cand, top).tolist(), strict=True))
         hits = []
         for d in top:
             d = int(d)
             rec = snap.record(d)
             ex = {}
             if o.explain:
-                ex = {"fused": float(final[d]), "bm25": float(bm25[d]),
-                      "bm25_rank": _rank_of(bm25, mask, d) if bm25[d] > 0 else None,
+                i = where[d]
+                ex = {"fused": score_of[d], "bm25": float(bm25[d]),
+                      "bm25_rank": _rank_of(bm25, every, d) if bm25[d] > 0 else None,
                       "terms": terms}
                 if vec is not None:
-                    ex.update(vec=float(vec[d]), vec_rank=_rank_of(vec, mask, d))
+                    ex.update(vec=float(vec[d]), vec_rank=_rank_of(vec, every, d))
                 if bonus is not None:
-                    ex["neighbour"] = float(bonus[d])
+                    ex["neighbour"] = float(bonus[i])
                 if recency is not None:
-                    ex["recency"] = float(recency[d])
-            hits.append(Hit(docno=d, id=rec["id"], score=float(final[d]), record=rec,
+                    ex["recency"] = float(recency[i])
+            hits.append(Hit(docno=d, id=rec["id"], score=score_of[d], record=rec,
                             explain=ex))
         return hits
 
-    def _mmr(self, snap: Snapshot, cand: np.ndarray, score: np.ndarray, dim: int,
+    def _mmr(self, snap: Snapshot, cand: np.ndarray, score: np.ndarray,
              o: RecallOptions) -> np.ndarray:
-        """Maximal marginal relevance: trade relevance against similarity to picks so far."""
+        """Maximal marginal relevance: trade relevance against similarity to picks so far.
+
+        Returns positions into `cand`, best first."""
         vecs = np.stack([snap.vector(int(d)) for d in cand])
-        rel = score[cand]
-        rel = (rel - rel.min()) / (np.ptp(rel) or 1.0)
+        rel = (score - score.min()) / (np.ptp(score) or 1.0)
         chosen: list[int] = []
         sim_max = np.full(len(cand), -np.inf)
         lam = float(o.mmr)
@@ -221,7 +310,7 @@ class Searcher:
             j = int(np.argmax(gain))
             chosen.append(j)
             sim_max = np.maximum(sim_max, vecs @ vecs[j])
-        return cand[chosen]
+        return np.asarray(chosen, dtype=np.int64)
 
 
 def pack_budget(hits: list[Hit], budget: int, cost: Callable[[Hit], int]) -> list[Hit]:

@@ -5,7 +5,9 @@ Layout (named databases):
   docnos   id -> docno (uint32 BE);  ids  docno (BE) -> id
   cols     "<column>:" + block (BE) -> a block of BLOCK_ROWS values of one column
   vectors  first docno (BE) -> a segment of rows x dim float32, read zero-copy from the map;
-           one segment per ingest batch, merged into larger ones by optimize()
+           one segment per ingest batch, small ones merged by optimize()
+  codes    first docno (BE) -> SimHash sign bits of the same rows (uint64 words), so recall
+           on a big store scans 32 bytes a memory before it re-scores the best exactly
   postings term + 0x00 + segment (BE) -> uint32 docnos then uint16 term frequencies
   meta     schema, embedder, tokenizer, stats, namespace codes
   log      access log for decay (time_ns BE + docno BE -> b"")
@@ -36,9 +38,11 @@ from memstack.formats.records import LEVELS, from_iso
 
 SCHEMA_VERSION = 1
 BLOCK_ROWS = 16384
-VEC_SEGMENT_BYTES = 64 << 20  # merge target: big enough that BLAS runs at memory speed
+SEGMENT_BYTES = 16 << 20  # merge target: big enough that BLAS runs at memory speed
+SMALL_SEGMENT_BYTES = 4 << 20  # only segments below this are merged (small batches)
+CODE_BITS = 256  # SimHash bits per vector: the prefilter of recall on big stores
 SEGMENT_MAX = 65536
-DB_NAMES = ("records", "docnos", "ids", "cols", "vectors", "postings", "meta", "log")
+DB_NAMES = ("records", "docnos", "ids", "cols", "vectors", "codes", "postings", "meta", "log")
 COLUMNS = {
     "ns": np.uint32,
     "t_event": np.float64,
@@ -55,6 +59,12 @@ LEVEL_CODE = {name: i for i, name in enumerate(LEVELS)}
 DEFAULT_MAP_SIZE = 256 << 20
 _U32 = struct.Struct(">I")
 _NO_TIME = float("nan")
+
+
+def simhash(vecs: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    """Sign bits of random projections, packed into uint64 words (rows x bits/64)."""
+    bits = np.packbits((vecs @ planes.T) > 0, axis=1, bitorder="little")
+    return np.ascontiguousarray(bits).view(np.uint64)
 
 
 def same_embedder(a: dict, b: dict) -> bool:
@@ -141,14 +151,17 @@ class LmdbStore:
         if not os.path.isdir(self.path):
             if not create:
                 raise StoreError(f"{path}: no store here (create one with `memstack ingest`)")
+            if os.path.lexists(self.path):
+                raise StoreError(f"{path}: exists and is not a directory")
             os.makedirs(self.path, exist_ok=True)
         elif create and not os.path.exists(os.path.join(self.path, "data.mdb")) \
                 and os.listdir(self.path):
             raise StoreError(f"{path}: directory exists and is not a memstack store")
+        if not os.path.exists(os.path.join(self.path, "data.mdb")) and not (write and create):
+            # checked before locking: opening without create must leave no files behind
+            raise StoreError(f"{path}: no store here (create one with `memstack ingest`)")
         if write:
             self._lock(lock_timeout)
-        if not os.path.exists(os.path.join(self.path, "data.mdb")) and not write:
-            raise StoreError(f"{path}: no store here (create one with `memstack ingest`)")
         want = map_size or int(os.environ.get("MEMSTACK_MAP_SIZE", DEFAULT_MAP_SIZE))
         try:
             self.env = lmdb.open(self.path, map_size=want, max_dbs=len(DB_NAMES) + 2,
@@ -377,28 +390,56 @@ class LmdbStore:
 
     def _write_vectors(self, txn, start: int, vecs: np.ndarray) -> None:
         """Append the batch's vectors as one contiguous segment (LMDB keeps a value's
-        overflow pages together, so recall scans it with a single BLAS call)."""
-        txn.put(_U32.pack(start), np.ascontiguousarray(vecs, dtype=np.float32).tobytes(),
-                db=self.dbs["vectors"], append=True)
+        overflow pages together, so recall scans it with a single BLAS call), and their
+        SimHash codes as another."""
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        key = _U32.pack(start)
+        txn.put(key, vecs.tobytes(), db=self.dbs["vectors"], append=True)
+        planes = self.simhash_planes(txn, vecs.shape[1])
+        txn.put(key, simhash(vecs, planes).tobytes(), db=self.dbs["codes"], append=True)
+        # first and second moments of all vectors: the exact mean and spread of any query's
+        # cosine scores, without reading the vectors (recall's SimHash path needs them)
+        mom = self.meta.get("vec_moments")
+        if mom is None or len(mom["sum"]) != vecs.shape[1]:
+            dim = vecs.shape[1]
+            mom = {"n": 0, "sum": np.zeros(dim), "gram": np.zeros((dim, dim))}
+        v64 = vecs.astype(np.float64)
+        self._put_meta(txn, "vec_moments", {"n": int(mom["n"]) + len(vecs),
+                                            "sum": mom["sum"] + v64.sum(axis=0),
+                                            "gram": mom["gram"] + v64.T @ v64})
 
-    def merge_vectors(self, max_segments: int = 16) -> int:
-        """Fold runs of small vector segments into segments of up to VEC_SEGMENT_BYTES."""
-        db = self.dbs["vectors"]
+    def simhash_planes(self, txn, dim: int) -> np.ndarray:
+        """The store's random hyperplanes, made once and kept in meta (not re-derived from a
+        seed, so codes never depend on a library's random stream)."""
+        planes = self.meta.get("simhash")
+        if planes is None or planes.shape != (CODE_BITS, dim):
+            rng = np.random.default_rng(0x5EED)
+            planes = rng.standard_normal((CODE_BITS, dim)).astype(np.float32)
+            self._put_meta(txn, "simhash", planes)
+        return planes
+
+    def merge_segments(self, dbname: str) -> int:
+        """Fold runs of small segments (from small batches) into segments of up to
+        SEGMENT_BYTES; big segments are left alone. Returns the number of runs merged."""
+        db = self.dbs[dbname]
         with self._read_txn() as txn:
             sizes = [(bytes(k), len(v)) for k, v in txn.cursor(db=db)]
-        if len(sizes) <= max_segments:
-            return 0
         runs: list[list[bytes]] = []
         run: list[bytes] = []
         total = 0
         for key, size in sizes:
-            if run and total + size > VEC_SEGMENT_BYTES:
-                runs.append(run)
+            if size >= SMALL_SEGMENT_BYTES or (run and total + size > SEGMENT_BYTES):
+                if len(run) > 1:
+                    runs.append(run)
                 run, total = [], 0
+                if size >= SMALL_SEGMENT_BYTES:
+                    continue
             run.append(key)
             total += size
-        runs.append(run)
-        runs = [r for r in runs if len(r) > 1]
+        if len(run) > 1:
+            runs.append(run)
+        if not runs:
+            return 0
 
         def fn(txn):
             for keys in runs:
@@ -417,7 +458,8 @@ class LmdbStore:
         if not force and seq - int(self.meta.get("merged_at", 0)) < 8:
             return False
         self.merge_postings()
-        self.merge_vectors()
+        self.merge_segments("vectors")
+        self.merge_segments("codes")
         self.write_batch(lambda txn: self._put_meta(txn, "merged_at", seq))
         return True
 
@@ -551,6 +593,31 @@ class Snapshot:
             out[lo : lo + take] = np.frombuffer(raw, dtype=dtype, count=take)
         return out
 
+    def column_at(self, name: str, docnos: np.ndarray) -> np.ndarray:
+        """Values of one column at the given docnos, reading only the blocks they touch."""
+        dtype = COLUMNS[name]
+        docnos = np.asarray(docnos, dtype=np.int64)
+        out = np.empty(len(docnos), dtype=dtype)
+        if not len(docnos):
+            return out
+        db = self.dbs["cols"]
+        prefix = f"{name}:".encode()
+        blocks = docnos // BLOCK_ROWS
+        lo, hi = int(blocks.min()), int(blocks.max())
+        if lo == hi:
+            raw = self.txn.get(prefix + _U32.pack(lo), db=db)
+            return np.frombuffer(raw, dtype=dtype)[docnos - lo * BLOCK_ROWS]
+        for block in np.unique(blocks).tolist():
+            sel = blocks == block
+            raw = self.txn.get(prefix + _U32.pack(block), db=db)
+            out[sel] = np.frombuffer(raw, dtype=dtype)[docnos[sel] - block * BLOCK_ROWS]
+        return out
+
+    def newest_event(self) -> float:
+        """The latest event time in the store (recency counts back from it)."""
+        te = self.column("t_event")
+        return float(np.nanmax(te)) if np.isfinite(te).any() else time.time()
+
     def vector_blocks(self, dim: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first docno, rows) per segment, zero-copy views into the memory map."""
         row_bytes = 4 * dim
@@ -560,6 +627,29 @@ class Snapshot:
             if take <= 0:
                 break
             yield lo, np.frombuffer(raw, dtype=np.float32, count=take * dim).reshape(take, dim)
+
+    def code_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first docno, codes) per segment of SimHash codes, zero-copy."""
+        words = CODE_BITS // 64
+        for key, raw in self.txn.cursor(db=self.dbs["codes"]):
+            lo = _U32.unpack(bytes(key))[0]
+            take = min(len(raw) // (8 * words), self.n - lo)
+            if take <= 0:
+                break
+            yield lo, np.frombuffer(raw, dtype=np.uint64, count=take * words).reshape(take,
+                                                                                    words)
+
+    def vectors_at(self, docnos: np.ndarray, dim: int) -> np.ndarray:
+        """Exact vectors of some docnos (any order), gathered segment by segment."""
+        docnos = np.asarray(docnos, dtype=np.int64)
+        order = np.argsort(docnos, kind="stable")
+        sorted_d = docnos[order]
+        out = np.zeros((len(docnos), dim), dtype=np.float32)
+        for lo, rows in self.vector_blocks(dim):
+            a, b = np.searchsorted(sorted_d, [lo, lo + len(rows)])
+            if a < b:
+                out[order[a:b]] = rows[sorted_d[a:b] - lo]
+        return out
 
     def vector(self, docno: int, dim: int | None = None) -> np.ndarray | None:
         """One stored vector (a copy)."""

@@ -106,13 +106,24 @@ def chunk_text(text: str, tok: Tokenizer, max_tokens: int = 256,
         if len(ids) <= max_tokens:
             units.append((start, piece, len(ids)))
             continue
-        cut = 0
-        for i in range(0, len(ids), max_tokens - overlap):
-            part = tok.decode(ids[i : i + max_tokens])
-            units.append((start + cut, part, len(ids[i : i + max_tokens])))
-            cut += len(tok.decode(ids[i : i + max_tokens - overlap]))
-            if i + max_tokens >= len(ids):
+        # cut on character boundaries: a token slice can end inside a multi-byte character,
+        # and its decoded text (U+FFFD) is neither the original text nor of the same length
+        ends = _char_ends(piece, tok.encoding.decode_tokens_bytes(ids))
+        i = 0
+        while True:
+            j = min(i + max_tokens, len(ids))
+            a = ends[i - 1] if i else 0
+            part = piece[a : ends[j - 1]]
+            n = len(tok.encode(part))
+            while n > max_tokens and j > i + 1:  # BPE at a cut may need more tokens
+                j -= 1
+                part = piece[a : ends[j - 1]]
+                n = len(tok.encode(part))
+            if part:
+                units.append((start + a, part, n))
+            if j >= len(ids):
                 break
+            i = max(i + 1, j - overlap)
     chunks: list[tuple[int, str]] = []
     cur: list[tuple[int, str, int]] = []
     size = 0
@@ -128,7 +139,7 @@ def chunk_text(text: str, tok: Tokenizer, max_tokens: int = 256,
             for u in reversed(cur):
                 if u[1] == "\n\n":
                     continue
-                if kept + u[2] > overlap:
+                if kept + u[2] > min(overlap, max_tokens - unit[2]):  # room for `unit`
                     break
                 keep.insert(0, u)
                 kept += u[2]
@@ -138,6 +149,15 @@ def chunk_text(text: str, tok: Tokenizer, max_tokens: int = 256,
     if any(u[1] != "\n\n" for u in cur):
         chunks.append(_join(cur, text))
     return chunks
+
+
+def _char_ends(text: str, token_bytes: list[bytes]) -> list[int]:
+    """For each token, the number of whole characters of `text` its bytes end after."""
+    from bisect import bisect_right
+    from itertools import accumulate
+
+    char_end = list(accumulate(len(c.encode("utf-8", "surrogatepass")) for c in text))
+    return [bisect_right(char_end, pos) for pos in accumulate(len(t) for t in token_bytes)]
 
 
 def _join(units: list[tuple[int, str, int]], text: str) -> tuple[int, str]:

@@ -18,7 +18,7 @@ def encode_ndarray(arr: np.ndarray) -> msgpack.ExtType:
     """Pack an array as ext type 1; non-native byte orders are converted to little-endian."""
     if arr.dtype.hasobject:
         raise TypeError("object arrays cannot be encoded (no pickle)")
-    arr = np.ascontiguousarray(arr)
+    arr = np.ascontiguousarray(arr).reshape(arr.shape)  # ascontiguousarray makes 0-d 1-d
     if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and np.little_endian is False):
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     head = msgpack.packb([arr.dtype.str, list(arr.shape)])

@@ -54,7 +54,8 @@ def to_iso(ts: float | None) -> str | None:
     day, rest = divmod(sec, 86400)
     date = _DAY_CACHE.get(day)
     if date is None:
-        date = datetime.fromtimestamp(day * 86400, tz=timezone.utc).strftime("%Y-%m-%d")
+        d = datetime.fromtimestamp(day * 86400, tz=timezone.utc)
+        date = f"{d.year:04d}-{d.month:02d}-{d.day:02d}"  # strftime gives "999" for year 999
         if len(_DAY_CACHE) < 100000:
             _DAY_CACHE[day] = date
     h, rest = divmod(rest, 3600)

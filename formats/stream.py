@@ -32,7 +32,14 @@ def header(meta: dict | None = None) -> dict:
 
 def sniff(fp: IO[bytes]) -> str:
     """Guess 'msgpack', 'jsonl' or 'empty' from the first byte without consuming it."""
-    first = fp.peek(1)[:1] if hasattr(fp, "peek") else b""
+    if hasattr(fp, "peek"):
+        first = fp.peek(1)[:1]
+    elif getattr(fp, "seekable", lambda: False)():  # io.BytesIO: read one byte, step back
+        here = fp.tell()
+        first = fp.read(1)
+        fp.seek(here)
+    else:
+        first = b""
     if not first:
         return "empty"
     if first[0] in MSGPACK_MAP_FIRST:
@@ -44,6 +51,8 @@ def _json_default(obj: Any):
     import numpy as np
 
     if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise TypeError("object arrays cannot be encoded (no pickle)")
         data = base64.b64encode(np.ascontiguousarray(obj).tobytes()).decode()
         return {"$ndarray": {"dtype": obj.dtype.str, "shape": list(obj.shape), "data": data}}
     if isinstance(obj, np.generic):
@@ -180,7 +189,8 @@ class RecordReader:
                 raise InputError(self.name, f"byte {pos}", "invalid UTF-8 in a string") from None
             except (ValueError, msgpack.UnpackException, TypeError) as exc:
                 raise InputError(self.name, f"byte {pos}",
-                                 f"garbled msgpack ({exc or type(exc).__name__})") from None
+                                 f"garbled msgpack ({str(exc) or type(exc).__name__})") \
+                    from None
             yield f"byte {pos}", obj
             pos = unpacker.tell()
             self._end = f"byte {pos}"
@@ -201,6 +211,9 @@ class RecordReader:
                                  "invalid UTF-8") from None
             try:
                 obj = json.loads(text, object_hook=_json_hook)
+            except RecursionError:
+                raise InputError(self.name, where, "malformed JSON (nested too deeply)") \
+                    from None
             except (ValueError, KeyError, TypeError) as exc:
                 col = getattr(exc, "colno", None)
                 pos = f"{where}, column {col}" if col else where
