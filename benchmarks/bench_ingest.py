@@ -178,8 +178,9 @@ def run(quick: bool) -> dict:
                                      "JSONL -> committed store)",
            "command": common.command_line(), "rows": rows, "notes": notes,
            "targets": [{"name": f"memstack >= {TARGET_TURNS_PER_S:,} turns/s",
-                        "ok": ms_rate >= TARGET_TURNS_PER_S,
-                        "detail": f"median {ms_rate:,.0f} turns/s at {n:,} turns"}],
+                        "ok": ms_rate >= TARGET_TURNS_PER_S if not quick else None,
+                        "detail": f"median {ms_rate:,.0f} turns/s at {n:,} turns"
+                                  + (" (quick: not the target size)" if quick else "")}],
            "wall_s": time.perf_counter() - t0}
     return sec
 
@@ -194,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.worker == "chroma":
         print(json.dumps(chroma_add(args.jsonl, args.n, args.path)))
         return None
-    t0 = time.perf_counter()
-    return common.finish(run(args.quick), args, t0)
+    t0, meter = time.perf_counter(), common.NoiseMeter()
+    return common.finish(run(args.quick), args, t0, meter)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,15 @@ def mean_scores(rows: list[dict]) -> dict[str, float]:
     return {m: float(np.mean([r[m] for r in rows])) for m in rows[0]} if rows else {}
 
 
+def bootstrap_ci(diff: np.ndarray, reps: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of per-question differences (paired bootstrap)."""
+    if len(diff) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(reps, len(diff)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def run(datasets: list[str]) -> dict:
     t0 = time.perf_counter()
     rows, notes, targets = [], [], []
@@ -145,6 +154,13 @@ def run(datasets: list[str]) -> dict:
                 f"{s} {mean_scores(scores[s][c])['recall@10']:.3f}" for s in SYSTEMS)
             for c in cats)
         notes.append(f"{name} recall@10 by category: {per_cat}")
+        for peer in SYSTEMS[1:]:
+            for m in ("recall@1", "recall@10"):
+                d = np.array([a[m] - b[m] for a, b in zip(scores["memstack"]["all"],
+                                                          scores[peer]["all"], strict=True)])
+                lo, hi = bootstrap_ci(d)
+                notes.append(f"{name}: memstack - {peer} {m} = {d.mean():+.3f}, paired "
+                             f"bootstrap 95% CI [{lo:+.3f}, {hi:+.3f}] over {len(d)} questions")
         ms = means["memstack"]
         for peer in ("bm25s (same text)", "bm25s (raw text)"):
             pm = means[peer]
@@ -169,13 +185,13 @@ def main(argv: list[str] | None = None) -> dict:
                     help="LoCoMo-format JSON file (repeatable); default: "
                          "../shared/data/locomo-sample.json")
     args = ap.parse_args(argv)
-    t0 = time.perf_counter()
+    t0, meter = time.perf_counter(), common.NoiseMeter()
     datasets = args.dataset or [common.LOCOMO]
     for ds in datasets:
         if not os.path.exists(ds):
             ap.error(f"dataset not found: {ds}")
     sec = run(datasets)
-    return common.finish(sec, args, t0)
+    return common.finish(sec, args, t0, meter)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ if HERE not in sys.path:
 import common  # noqa: E402
 
 WARMUP = 20
+CHUNK = 50  # queries per turn when the warm rounds alternate between systems
 TARGET_P95_100K_MS = 10.0
 TARGET_P95_1M_MS = 60.0
 TARGET_COLD_S = 0.35
@@ -136,9 +137,11 @@ def serve(system: str, args, queries: list[str]) -> None:
 
     reply(info)
     for line in sys.stdin:
-        if line.strip() == "round":
+        cmd = line.split()
+        if cmd and cmd[0] == "round":
+            lo, hi = int(cmd[1]), int(cmd[2])
             lat = []
-            for q in queries:
+            for q in queries[lo:hi]:
                 t1 = time.perf_counter()
                 fn(q)
                 lat.append((time.perf_counter() - t1) * 1000)
@@ -189,10 +192,10 @@ class Worker:
         finally:
             timer.cancel()
 
-    def round(self, timeout: float) -> None:
-        self.p.stdin.write("round\n")
+    def round(self, lo: int, hi: int, timeout: float) -> list[float]:
+        self.p.stdin.write(f"round {lo} {hi}\n")
         self.p.stdin.flush()
-        self.lat.append(self._read(timeout)["lat_ms"])
+        return self._read(timeout)["lat_ms"]
 
     def close(self, timeout: float = 60) -> dict:
         self.p.stdin.write("quit\n")
@@ -222,8 +225,9 @@ class Worker:
 
 def warm(specs: dict[str, list[str]], qfile: str, rounds: int, timeout: float,
          before=None) -> dict[str, dict]:
-    """Start every worker (one after another), then run rounds alternating between them, so
-    that drift in machine load or memory bandwidth hits every system alike."""
+    """Start every worker (one after another), then run the rounds (each query once per round)
+    in chunks of CHUNK queries alternating between the systems, so that drift in machine load
+    or memory bandwidth hits every system alike."""
     workers: dict[str, Worker] = {}
     results: dict[str, dict] = {}
     try:
@@ -234,9 +238,15 @@ def warm(specs: dict[str, list[str]], qfile: str, rounds: int, timeout: float,
                 results[name] = {"error": str(exc)[-300:]}
         if before is not None:
             before()
+        with open(qfile, encoding="utf-8") as fp:
+            nq = len(json.load(fp))
         for _ in range(rounds):
-            for w in workers.values():
-                w.round(timeout)
+            lat: dict[str, list[float]] = {name: [] for name in workers}
+            for lo in range(0, nq, CHUNK):
+                for name, w in workers.items():
+                    lat[name] += w.round(lo, min(nq, lo + CHUNK), timeout)
+            for name, w in workers.items():
+                w.lat.append(lat[name])
         for name, w in workers.items():
             results[name] = w.close()
     finally:
@@ -322,9 +332,10 @@ def run(quick: bool) -> dict:
             rows += warm_rows(labels[k], sc, r)
         ok = {k: r for k, r in res.items() if "error" not in r}
         notes.append(f"warm @{sc}: {n:,} memories, {n_queries} queries x {rounds} rounds per "
-                     f"system (rounds alternate between systems) after {WARMUP} warm-up "
-                     f"queries; memory bandwidth just before: {bw['small']} GB/s; p95 per round "
-                     "(ms): " + "; ".join(f"{k} {r['p95_rounds']}" for k, r in ok.items())
+                     f"system, alternating between systems every {CHUNK} queries, after "
+                     f"{WARMUP} warm-up queries; memory bandwidth just before: "
+                     f"{bw['small']} GB/s; p95 per round (ms): "
+                     + "; ".join(f"{k} {r['p95_rounds']}" for k, r in ok.items())
                      + "; setup s (open, or build the index): "
                      + ", ".join(f"{k} {r['setup_s']:.2f}" for k, r in ok.items())
                      + "; hits for the first query: "
@@ -437,8 +448,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         with open(args.queries, encoding="utf-8") as fp:
             serve(args.worker, args, json.load(fp))
         return None
-    t0 = time.perf_counter()
-    return common.finish(run(args.quick), args, t0)
+    t0, meter = time.perf_counter(), common.NoiseMeter()
+    return common.finish(run(args.quick), args, t0, meter)
 
 
 if __name__ == "__main__":

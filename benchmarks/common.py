@@ -109,6 +109,39 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+class NoiseMeter:
+    """How busy the machine was with *other* processes while a benchmark ran: system-wide busy
+    CPU time minus this process's and its reaped children's CPU time, in cores on average."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.busy0 = self._busy()
+        self.own0 = self._own()
+        self.load0 = os.getloadavg()[0]
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil
+
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    @staticmethod
+    def _own() -> float:
+        import resource
+
+        a = resource.getrusage(resource.RUSAGE_SELF)
+        b = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    def summary(self) -> str:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        other = max(0.0, (self._busy() - self.busy0) - (self._own() - self.own0)) / dt
+        return (f"machine noise during this section: other processes kept {other:.2f} of "
+                f"{os.cpu_count()} cores busy on average; 1-min load average "
+                f"{self.load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+
+
 # -- peak RSS --------------------------------------------------------------------------
 class TreeRssSampler:
     """Polls the summed RSS of a process and all its descendants in a background thread.
@@ -462,8 +495,11 @@ def base_args(description: str) -> argparse.ArgumentParser:
     return ap
 
 
-def finish(sec: dict, args: argparse.Namespace, t0: float) -> dict:
+def finish(sec: dict, args: argparse.Namespace, t0: float,
+           meter: NoiseMeter | None = None) -> dict:
     sec["wall_s"] = time.perf_counter() - t0
+    if meter is not None:
+        sec.setdefault("notes", []).append(meter.summary())
     add_ratios(sec["rows"])
     print(render_section(sec))
     if args.json:

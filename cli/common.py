@@ -90,6 +90,13 @@ def store_embedder(store, requested: str | None):
     return emb
 
 
+def _new_file_mode() -> int:
+    """The mode open() would give a new file: 0666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_output(path: str) -> Iterator[IO[bytes]]:
     """Write to a temp file beside `path`, fsync, rename; on error leave nothing behind."""
@@ -103,6 +110,7 @@ def atomic_output(path: str) -> Iterator[IO[bytes]]:
         with os.fdopen(fd, "wb") as fp:
             yield fp
             fp.flush()
+            os.fchmod(fp.fileno(), _new_file_mode())  # mkstemp makes 0600; honour the umask
             os.fsync(fp.fileno())
         os.replace(tmp, path)
     except BaseException:

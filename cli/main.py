@@ -60,8 +60,11 @@ def entry(argv: list[str] | None = None) -> None:
         rv = cli.main(args=args, prog_name="memstack", standalone_mode=False)
         if isinstance(rv, int) and rv:  # ctx.exit(code) comes back as a return value
             sys.exit(rv)
-    except click.ClickException as exc:
+    except click.UsageError as exc:
         exc.show()
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # same one-line form as MemstackError below
+        click.echo(f"memstack: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
         click.echo("memstack: interrupted", err=True)
@@ -79,6 +82,14 @@ def entry(argv: list[str] | None = None) -> None:
             raise
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         click.echo(f"memstack: error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        # a damaged LMDB file surfaces as lmdb's own exceptions (checked by module name:
+        # importing lmdb here would slow every command's start)
+        if verbose or type(exc).__module__ != "lmdb":
+            raise
+        click.echo(f"memstack: error: the store is damaged ({exc}); run `memstack store "
+                   "verify`", err=True)
         sys.exit(1)
     try:
         sys.stdout.flush()

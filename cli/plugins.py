@@ -18,7 +18,9 @@ def plugins_cmd(no_load: bool) -> None:
     """
     from dataclasses import asdict
 
-    from memstack.plugins.registry import list_plugins
+    from memstack.plugins.registry import broken_plugins_report, list_plugins
 
     rows = [asdict(p) for p in list_plugins(load=not no_load)]
     click.echo(json.dumps(rows, indent=2))
+    for line in broken_plugins_report():
+        click.echo(f"memstack: warning: {line}", err=True)

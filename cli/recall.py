@@ -99,6 +99,8 @@ def recall_cmd(queries, from_, store, k, budget, ns, since, until, as_of, levels
 
 
 def _run(st, emb, queries, opts, k, budget, fmt, explain, log_access) -> None:
+    import msgpack
+
     from memstack.cli.render import prompt_header, prompt_line, table
     from memstack.core.recall import Searcher, pack_budget
     from memstack.formats.records import RECORD_VERSION
@@ -113,7 +115,13 @@ def _run(st, emb, queries, opts, k, budget, fmt, explain, log_access) -> None:
 
         tok = load_tokenizer((st.meta.get("tokenizer") or {}).get("requested") or "cl100k_base")
     for qn, query in enumerate(queries):
-        hits = searcher.search(query, opts)
+        try:
+            hits = searcher.search(query, opts)
+        except (UnicodeDecodeError, msgpack.UnpackException) as exc:  # a damaged record
+            from memstack.core.errors import StoreError
+
+            raise StoreError(f"{st.path}: a stored record is unreadable ({exc}); run "
+                             "`memstack store verify`") from None
         if budget:
             if fmt == "prompt":
                 def cost(h):

@@ -55,9 +55,17 @@ def export_cmd(store, output, format_, no_vectors) -> None:
                                "--format jsonl")
     st = open_store(store)
     meta = {"embedder": st.meta.get("embedder"), "tokenizer": st.meta.get("tokenizer")}
-    with atomic_output(output) as fp, RecordWriter(fp, format_, meta=meta) as writer:
-        for rec in export(st, with_vectors=not no_vectors):
-            writer.write(rec)
+    import msgpack
+
+    try:
+        with atomic_output(output) as fp, RecordWriter(fp, format_, meta=meta) as writer:
+            for rec in export(st, with_vectors=not no_vectors):
+                writer.write(rec)
+    except (UnicodeDecodeError, msgpack.UnpackException) as exc:  # a damaged record
+        from memstack.core.errors import StoreError
+
+        raise StoreError(f"{st.path}: a stored record is unreadable ({exc}); run "
+                         "`memstack store verify`") from None
 
 
 @store_group.command(name="import")

@@ -63,68 +63,74 @@ def export(store: LmdbStore, with_vectors: bool = True) -> Iterator[dict]:
 def verify(store: LmdbStore) -> list[str]:
     """Cross-check records, id maps, columns, vectors and postings; return the problems."""
     problems: list[str] = []
-    with store.snapshot() as snap:
-        n = snap.n
-        txn, dbs = snap.txn, store.dbs
-        for name, db in (("records", dbs["records"]), ("docnos", dbs["docnos"]),
-                         ("ids", dbs["ids"])):
-            count = txn.stat(db)["entries"]
-            if count != n:
-                problems.append(f"{name}: {count} entries, stats say {n}")
-        for d in range(n):
-            try:
-                rid = snap.doc_id(d)
-                rec = snap.record_by_id(rid)
-            except Exception as exc:  # noqa: BLE001 - any decoding failure is a finding
-                problems.append(f"docno {d}: unreadable ({type(exc).__name__}: {exc})")
-                continue
-            if rec is None:
-                problems.append(f"docno {d}: id {rid} has no record")
-                continue
-            why = check_memory(rec)
-            if why:
-                problems.append(f"record {rid}: {why}")
-            if snap.docno(rid) != d:
-                problems.append(f"record {rid}: docno map disagrees ({snap.docno(rid)} != {d})")
-            if len(problems) > 100:
-                problems.append("… stopping after 100 problems")
-                return problems
-        for name in COLUMNS:
-            blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-            for b in range(blocks):
-                raw = txn.get(f"{name}:".encode() + b.to_bytes(4, "big"), db=dbs["cols"])
-                if raw is None or len(raw) != BLOCK_ROWS * np.dtype(COLUMNS[name]).itemsize:
-                    problems.append(f"column {name}: block {b} missing or wrong size")
-        dim = (store.meta.get("embedder") or {}).get("dim")
-        if n and dim:
-            expect = 0
-            for key, raw in txn.cursor(db=dbs["vectors"]):
-                start = int.from_bytes(bytes(key), "big")
-                if start != expect or len(raw) % (4 * dim):
-                    problems.append(f"vectors: segment at {start} breaks the sequence "
-                                    f"(expected {expect})")
-                    break
-                arr = np.frombuffer(raw, dtype=np.float32)
-                if not np.isfinite(arr).all():
-                    problems.append(f"vectors: segment at {start} holds NaN or Inf")
-                expect = start + len(raw) // (4 * dim)
-            else:
-                if expect != n:
-                    problems.append(f"vectors: {expect} rows stored, stats say {n}")
-        total = 0
-        cur = txn.cursor(db=dbs["postings"])
-        for key, val in cur:
-            if len(val) % 6:
-                problems.append(f"postings {bytes(key)[:-5]!r}: bad length {len(val)}")
-                continue
-            k = len(val) // 6
-            docs = np.frombuffer(val, np.uint32, k)
-            if k and int(docs.max()) >= n:
-                problems.append(f"postings {bytes(key)[:-5]!r}: docno beyond {n}")
-            total += int(np.frombuffer(val, np.uint16, k, 4 * k).sum())
-        if total < int(snap.stats.get("total_len", 0)):
-            problems.append(f"postings hold {total} term occurrences, stats say "
-                            f"{snap.stats.get('total_len')}")
+    try:
+        with store.snapshot() as snap:
+            n = snap.n
+            txn, dbs = snap.txn, store.dbs
+            for name, db in (("records", dbs["records"]), ("docnos", dbs["docnos"]),
+                             ("ids", dbs["ids"])):
+                count = txn.stat(db)["entries"]
+                if count != n:
+                    problems.append(f"{name}: {count} entries, stats say {n}")
+            for d in range(n):
+                try:
+                    rid = snap.doc_id(d)
+                    rec = snap.record_by_id(rid)
+                except lmdb.Error:
+                    raise  # the read transaction is dead after this; reported below
+                except Exception as exc:  # noqa: BLE001 - any decoding failure is a finding
+                    problems.append(f"docno {d}: unreadable ({type(exc).__name__}: {exc})")
+                    continue
+                if rec is None:
+                    problems.append(f"docno {d}: id {rid} has no record")
+                    continue
+                why = check_memory(rec)
+                if why:
+                    problems.append(f"record {rid}: {why}")
+                if snap.docno(rid) != d:
+                    problems.append(f"record {rid}: docno map disagrees ({snap.docno(rid)} != {d})")
+                if len(problems) > 100:
+                    problems.append("… stopping after 100 problems")
+                    return problems
+            for name in COLUMNS:
+                blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+                for b in range(blocks):
+                    raw = txn.get(f"{name}:".encode() + b.to_bytes(4, "big"), db=dbs["cols"])
+                    if raw is None or len(raw) != BLOCK_ROWS * np.dtype(COLUMNS[name]).itemsize:
+                        problems.append(f"column {name}: block {b} missing or wrong size")
+            dim = (store.meta.get("embedder") or {}).get("dim")
+            if n and dim:
+                expect = 0
+                for key, raw in txn.cursor(db=dbs["vectors"]):
+                    start = int.from_bytes(bytes(key), "big")
+                    if start != expect or len(raw) % (4 * dim):
+                        problems.append(f"vectors: segment at {start} breaks the sequence "
+                                        f"(expected {expect})")
+                        break
+                    arr = np.frombuffer(raw, dtype=np.float32)
+                    if not np.isfinite(arr).all():
+                        problems.append(f"vectors: segment at {start} holds NaN or Inf")
+                    expect = start + len(raw) // (4 * dim)
+                else:
+                    if expect != n:
+                        problems.append(f"vectors: {expect} rows stored, stats say {n}")
+            total = 0
+            cur = txn.cursor(db=dbs["postings"])
+            for key, val in cur:
+                if len(val) % 6:
+                    problems.append(f"postings {bytes(key)[:-5]!r}: bad length {len(val)}")
+                    continue
+                k = len(val) // 6
+                docs = np.frombuffer(val, np.uint32, k)
+                if k and int(docs.max()) >= n:
+                    problems.append(f"postings {bytes(key)[:-5]!r}: docno beyond {n}")
+                total += int(np.frombuffer(val, np.uint16, k, 4 * k).sum())
+            if total < int(snap.stats.get("total_len", 0)):
+                problems.append(f"postings hold {total} term occurrences, stats say "
+                                f"{snap.stats.get('total_len')}")
+    except lmdb.Error as exc:  # a damaged page: the transaction is unusable, stop here
+        problems.append(f"LMDB reports damage ({exc}); restore from a backup "
+                        "(`memstack store export` / `compact` of a good copy)")
     return problems
 
 

@@ -82,7 +82,10 @@ def expand(items: Iterable[Item | Bad], tok: Tokenizer | None, opts: IngestOptio
         for off, chunk in chunks:
             src = dict(source)
             if len(chunks) > 1 or item.level == "doc":
-                src["offset"] = f"{item.offset}+{off}" if item.level != "doc" else off
+                # a document chunk's offset is its character offset in the input, so equal
+                # text in two markdown sections is two memories, not one
+                src["offset"] = f"{item.offset}+{off}" if item.level != "doc" \
+                    else item.offset + off
             yield memory_record(ns=opts.ns, text=chunk, tokens=0, t_event=item.t_event,
                                 t_ingest=t_ingest, source=src, level=level,
                                 meta=dict(item.meta))
@@ -173,6 +176,7 @@ def ingest(inputs: list[tuple[str, IO[bytes]]], *, embedder, tokenizer: Tokenize
     if store is not None:
         store.check_identity(embedder.identity(), tokenizer.identity() if tokenizer else None)
     workers = opts.workers or min(2, os.cpu_count() or 1)
+    seen: set[bytes] = set()  # without a store: ids already counted, across all inputs
     for name, fp in inputs:
         fmt = opts.fmt
         if fmt == "auto":
@@ -185,15 +189,24 @@ def ingest(inputs: list[tuple[str, IO[bytes]]], *, embedder, tokenizer: Tokenize
                 pipeline.ingest_parallel(fp, name, embedder=embedder,
                                          encoding=tokenizer.requested, store=store, out=out,
                                          opts=opts, stats=stats, on_bad=on_bad,
-                                         progress=progress, workers=workers)
+                                         progress=progress, workers=workers, seen=seen)
                 continue
         items = parse(fp, name, fmt, max_line=opts.max_line, skip_bad=opts.skip_bad)
         ingest_items(items, opts.source or name, embedder=embedder, tokenizer=tokenizer,
                      store=store, out=out, opts=opts, stats=stats, on_bad=on_bad,
-                     progress=progress)
+                     progress=progress, seen=seen)
     if store is not None:
         store.optimize()
     return stats
+
+
+def first_seen(ids: list[bytes], seen: set[bytes]) -> list[bool]:
+    """For each id, whether it is new to `seen` (also within the list); updates `seen`."""
+    out = []
+    for rid in ids:
+        out.append(rid not in seen)
+        seen.add(rid)
+    return out
 
 
 def ingest_items(items: Iterable[Item | Bad], uri: str, *, embedder,
@@ -201,7 +214,7 @@ def ingest_items(items: Iterable[Item | Bad], uri: str, *, embedder,
                  out: RecordWriter | None, opts: IngestOptions, stats: IngestStats,
                  on_bad: Callable[[Bad], None] | None = None,
                  progress: Callable[[int], None] | None = None,
-                 seen: set[str] | None = None) -> None:
+                 seen: set[bytes] | None = None) -> None:
     """The batch loop behind ingest(): expand, prepare, commit and/or write."""
     seen = set() if seen is None else seen
     spec = embedder.spec()
@@ -221,16 +234,19 @@ def ingest_items(items: Iterable[Item | Bad], uri: str, *, embedder,
         if all(v is not None and len(v) == embedder.dim for v in given):
             vecs = np.stack(given)
         prep = prepare(batch, embedder, tokenizer, vecs)
+        fresh = None
         if store is not None:
             new, present = store.add(prep)
         else:
-            new = sum(r not in seen for r in prep.ids)
+            fresh = first_seen(prep.ids, seen)
+            new = sum(fresh)
             present = len(batch) - new
-            seen.update(prep.ids)
         stats.new += new
         stats.present += present
         if out is not None:
-            for rec, vec in zip(batch, prep.vectors, strict=True):
+            for i, (rec, vec) in enumerate(zip(batch, prep.vectors, strict=True)):
+                if fresh is not None and not fresh[i]:
+                    continue  # without a store, the stream holds each id once
                 rec["vec"] = vec
                 out.write(rec)
                 stats.written += 1

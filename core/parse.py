@@ -107,10 +107,12 @@ def detect_format(head: bytes, name: str) -> str:
         return "json"
     if stripped[:1] == b"{":
         first = stripped.split(b"\n", 1)[0]
-        try:
-            obj = json.loads(first)
+        try:  # a bad byte in the first line must not make a JSONL file look like a document
+            obj = json.loads(first.decode("utf-8", "replace"))
         except ValueError:
-            return "json"  # a multi-line JSON document
+            # a multi-line JSON document, unless the name says JSONL (then the first line is
+            # malformed or longer than the sniffed bytes: the JSONL parser reports it by line)
+            return "jsonl" if lower.endswith((".jsonl", ".ndjson")) else "json"
         if isinstance(obj, dict) and obj.get("format") == "memstack":
             return "records"
         return "jsonl"
@@ -146,7 +148,8 @@ def _decode(raw: bytes, name: str, where: str, start: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(name, f"{where} (byte {start + exc.start})", "invalid UTF-8") from None
+        at = f"byte {start + exc.start}"  # a whole document is named by the byte alone
+        raise InputError(name, f"{where} ({at})" if where else at, "invalid UTF-8") from None
 
 
 # -- parsers ---------------------------------------------------------------------------
@@ -248,7 +251,7 @@ def parse_jsonl_lines(lines: Iterable[tuple[int, int, bytes | None]], name: str,
 
 def parse_json(fp: IO[bytes], name: str, skip_bad: bool = False) -> Iterator[Item | Bad]:
     data = fp.read()
-    text = _decode(data, name, "byte 0", 0) if data else ""
+    text = _decode(data, name, "", 0) if data else ""
     try:
         obj = json.loads(text)
     except ValueError as exc:
@@ -302,7 +305,7 @@ def parse_locomo_obj(obj: Any, name: str) -> Iterator[Item]:
 def parse_text(fp: IO[bytes], name: str, markdown: bool = False) -> Iterator[Item]:
     """A whole document; ingest chunks it by tokens. Markdown splits at headings first."""
     data = fp.read()
-    text = _decode(data, name, "byte 0", 0)
+    text = _decode(data, name, "", 0)
     if not markdown:
         if text.strip():
             yield Item(text=text, where="byte 0", offset=0, level="doc")

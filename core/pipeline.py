@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 from memstack.core.errors import InputError
-from memstack.core.ingest import IngestOptions, IngestStats, expand, prepare
+from memstack.core.ingest import IngestOptions, IngestStats, expand, first_seen, prepare
 from memstack.core.parse import Bad, iter_lines, parse_jsonl_lines
 from memstack.core.store import LmdbStore
 from memstack.formats.records import now_iso
@@ -49,17 +49,23 @@ def _init(embedder_spec: str, encoding: str, opts: IngestOptions, keep_records: 
     _W["keep_records"] = keep_records
 
 
+def _err_args(exc: InputError) -> tuple[str, str, str]:
+    return exc.source, exc.where, exc.detail
+
+
 def _work(job: tuple[str, str, list[tuple[int, int, bytes | None]], str]):
     """Parse and prepare one batch of lines; errors come back as values, in order."""
     name, uri, lines, t_ingest = job
     opts: IngestOptions = _W["opts"]
-    bads: list[InputError] = []
+    # errors travel as (source, where, detail): InputError's signature does not unpickle,
+    # and an unpicklable result kills the pool's result thread and hangs the parent
+    bads: list[tuple[str, str, str]] = []
     items = parse_jsonl_lines(lines, name, opts.max_line, opts.skip_bad)
     try:
         records = list(expand(items, _W["tok"], opts, uri, t_ingest,
-                              lambda b: bads.append(b.error)))
+                              lambda b: bads.append(_err_args(b.error))))
     except InputError as exc:
-        return None, bads, exc
+        return None, bads, _err_args(exc)
     if not records:
         return None, bads, None
     keep = _W["keep_records"]
@@ -81,11 +87,12 @@ def _jobs(fp: IO[bytes], name: str, uri: str, batch: int, max_line: int,
 def ingest_parallel(fp: IO[bytes], name: str, *, embedder, encoding: str,
                     store: LmdbStore | None, out: RecordWriter | None, opts: IngestOptions,
                     stats: IngestStats, on_bad: Callable[[Bad], None] | None = None,
-                    progress: Callable[[int], None] | None = None, workers: int = 2) -> None:
+                    progress: Callable[[int], None] | None = None, workers: int = 2,
+                    seen: set[bytes] | None = None) -> None:
     """Ingest one JSONL input with `workers` processes preparing batches."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["memstack.core.ingest", "memstack.core.embed"])
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     jobs = _jobs(fp, name, opts.source or name, opts.batch_size, opts.max_line, now_iso())
     with ctx.Pool(workers, initializer=_init,
                   initargs=(embedder.spec(), encoding, opts, out is not None)) as pool:
@@ -93,21 +100,24 @@ def ingest_parallel(fp: IO[bytes], name: str, *, embedder, encoding: str,
             for err in bads:
                 stats.bad += 1
                 if on_bad:
-                    on_bad(Bad(err))
+                    on_bad(Bad(InputError(*err)))
             if error is not None:
-                raise error
+                raise InputError(*error)
             if prep is None:
                 continue
+            fresh = None
             if store is not None:
                 new, present = store.add(prep)
             else:
-                new = sum(r not in seen for r in prep.ids)
+                fresh = first_seen(prep.ids, seen)
+                new = sum(fresh)
                 present = len(prep) - new
-                seen.update(prep.ids)
             stats.new += new
             stats.present += present
             if out is not None:
-                for rec, vec in zip(prep.records, prep.vectors, strict=True):
+                for i, (rec, vec) in enumerate(zip(prep.records, prep.vectors, strict=True)):
+                    if fresh is not None and not fresh[i]:
+                        continue  # without a store, the stream holds each id once
                     out.write(dict(rec, vec=vec))
                     stats.written += 1
                 out.flush()
