@@ -71,7 +71,8 @@ def chroma_store(n: int, seed: int = 0, timeout: float = 1800) -> tuple[str, flo
 
 
 # -- the benchmark ------------------------------------------------------------------------
-def memstack_runs(jsonl: str, n: int, runs: int) -> tuple[list[float], list[int], dict]:
+def memstack_runs(jsonl: str, n: int, runs: int, env_extra: dict | None = None
+                  ) -> tuple[list[float], list[int], dict]:
     from memstack.core.store import LmdbStore
 
     rates, rss = [], []
@@ -80,7 +81,8 @@ def memstack_runs(jsonl: str, n: int, runs: int) -> tuple[list[float], list[int]
         with common.temp_dir() as tmp:
             store = os.path.join(tmp, "store")
             res = common.run_measured(common.memstack_ingest_cmd(jsonl, store), timeout=600,
-                                      poll=0.05, env=common.bench_env())
+                                      poll=0.05, env={**common.bench_env(),
+                                                      **(env_extra or {})})
             with LmdbStore(store) as st:
                 got = st.meta["stats"]["n"]
             if got != n:
@@ -144,6 +146,20 @@ def run(quick: bool) -> dict:
                  + f"; peak RSS per run (MiB): {', '.join(str(common.mib(x)) for x in rss)}; "
                  f"store on disk {common.mib(info['store_bytes'])} MiB")
 
+    one = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    r1, r1t = [], []
+    for _ in range(2 if quick else 3):
+        r1 += memstack_runs(jsonl, n, 1)[0]
+        r1t += memstack_runs(jsonl, n, 1, one)[0]
+    rows.append({"system": "memstack, OPENBLAS_NUM_THREADS=1 (diagnostic)",
+                 "metric": "throughput", "value": common.median(r1t), "unit": "turns/s",
+                 "group": "rate"})
+    notes.append(f"diagnostic: memstack ingest with OPENBLAS_NUM_THREADS=1, {len(r1t)} runs "
+                 f"alternating with {len(r1)} more default runs: turns/s "
+                 + ", ".join(f"{r:,.0f}" for r in r1t) + " vs default "
+                 + ", ".join(f"{r:,.0f}" for r in r1)
+                 + " (the extra default runs are not in the median above)")
+
     c_rates, c_rss, c_info = chroma_runs(common.synth_jsonl(n_chroma_small), n_chroma_small,
                                          3 if not quick else 2,
                                          keep_as_cache=quick)
@@ -157,7 +173,7 @@ def run(quick: bool) -> dict:
                  + f" (batch {c_info[0]['batch']}); peak RSS (MiB) "
                  + ", ".join(str(common.mib(x)) for x in c_rss)
                  + f", of which {common.mib(c_info[0]['rss_inputs'])} MiB is the worker's "
-                 "inputs (texts, vectors) before the first add")
+                 "RSS before the first add (imports, texts, vectors)")
     if not quick:
         b_rates, b_rss, b_info = chroma_runs(jsonl, n, 1, keep_as_cache=True)
         rows.append({"system": f"chromadb add ({n // 1000}k)", "metric": "throughput",

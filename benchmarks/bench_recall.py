@@ -32,6 +32,10 @@ if HERE not in sys.path:
 import common  # noqa: E402
 
 WARMUP = 20
+# memstack as shipped lets OpenBLAS start one thread per core; on this shared 2-core machine
+# that makes its BLAS calls many times slower whenever the other core is busy. The diagnostic
+# rows run memstack once more with one BLAS thread, to show the size of that effect.
+ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 CHUNK = 50  # queries per turn when the warm rounds alternate between systems
 TARGET_P95_100K_MS = 10.0
 TARGET_P95_1M_MS = 60.0
@@ -155,7 +159,8 @@ def serve(system: str, args, queries: list[str]) -> None:
 class Worker:
     """One warm-latency worker process; its peak RSS is its own VmHWM."""
 
-    def __init__(self, system: str, args: list[str], qfile: str, timeout: float):
+    def __init__(self, system: str, args: list[str], qfile: str, timeout: float,
+                 env_extra: dict | None = None):
         import subprocess
         import tempfile
 
@@ -164,7 +169,8 @@ class Worker:
         self.p = subprocess.Popen([common.PY, os.path.abspath(__file__), "--worker", system,
                                    "--queries", qfile, *args], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=self.err, text=True,
-                                  env=common.bench_env(), start_new_session=True)
+                                  env={**common.bench_env(), **(env_extra or {})},
+                                  start_new_session=True)
         self.lat: list[list[float]] = []
         self.info = self._read(timeout)
 
@@ -223,7 +229,7 @@ class Worker:
             self.p.wait()
 
 
-def warm(specs: dict[str, list[str]], qfile: str, rounds: int, timeout: float,
+def warm(specs: dict[str, tuple[str, list[str], dict]], qfile: str, rounds: int, timeout: float,
          before=None) -> dict[str, dict]:
     """Start every worker (one after another), then run the rounds (each query once per round)
     in chunks of CHUNK queries alternating between the systems, so that drift in machine load
@@ -231,9 +237,9 @@ def warm(specs: dict[str, list[str]], qfile: str, rounds: int, timeout: float,
     workers: dict[str, Worker] = {}
     results: dict[str, dict] = {}
     try:
-        for name, args in specs.items():
+        for name, (system, args, env_extra) in specs.items():
             try:
-                workers[name] = Worker(name, args, qfile, timeout)
+                workers[name] = Worker(system, args, qfile, timeout, env_extra)
             except (RuntimeError, OSError) as exc:
                 results[name] = {"error": str(exc)[-300:]}
         if before is not None:
@@ -259,33 +265,39 @@ def warm_rows(label: str, scale: str, r: dict) -> list[dict]:
     if "error" in r:
         return [{"system": label, "metric": f"warm p95 @{scale}", "value": None, "unit": "ms",
                  "group": f"p95{scale}"}]
-    return [{"system": label, "metric": f"warm p50 @{scale}", "value": r["p50"], "unit": "ms",
+    rows = [{"system": label, "metric": f"warm p50 @{scale}", "value": r["p50"], "unit": "ms",
              "group": f"p50{scale}"},
             {"system": label, "metric": f"warm p95 @{scale}", "value": r["p95"], "unit": "ms",
              "group": f"p95{scale}"},
             {"system": label, "metric": f"peak RSS, warm @{scale}", "value": common.mib(r["rss"]),
              "unit": "MiB", "group": f"rss{scale}"}]
+    return rows[:2] if "diagnostic" in label else rows
 
 
 def scale_name(n: int) -> str:
     return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k"
 
 
-def cold_runs(cmds: dict[str, list[str]], runs: int, check) -> dict[str, dict]:
+def cold_runs(cmds: dict[str, tuple[list[str], dict]], runs: int, check) -> dict[str, dict]:
     """Alternate the systems run by run so drift hits them alike; one untimed run each first.
     Peak RSS from 3 more runs each under /usr/bin/time (not in the timings)."""
-    env = common.bench_env()
-    for cmd in cmds.values():
-        common.run_measured(cmd, timeout=120, poll=None, env=env)
+    base = common.bench_env()
+    envs = {}
+    for name, (cmd, extra) in cmds.items():
+        envs[name] = {**base, **extra}
+        for key in [k for k, v in extra.items() if v is None]:
+            envs[name].pop(key, None)
+        common.run_measured(cmd, timeout=120, poll=None, env=envs[name])
     out = {k: {"wall": [], "rss": []} for k in cmds}
     for _ in range(runs):
-        for name, cmd in cmds.items():
-            res = common.run_measured(cmd, timeout=120, poll=None, env=env)
+        for name, (cmd, _) in cmds.items():
+            res = common.run_measured(cmd, timeout=120, poll=None, env=envs[name])
             check(name, res.stdout)
             out[name]["wall"].append(res.wall_s)
     for _ in range(3):
-        for name, cmd in cmds.items():
-            res = common.run_measured(cmd, timeout=120, poll=0.01, env=env, time_rss=True)
+        for name, (cmd, _) in cmds.items():
+            res = common.run_measured(cmd, timeout=120, poll=0.01, env=envs[name],
+                                      time_rss=True)
             out[name]["rss"].append(res.peak_rss)
     return out
 
@@ -322,12 +334,14 @@ def run(quick: bool) -> dict:
         def probe(key: str) -> None:
             bw[key] = common.memory_bandwidth_gbs()
 
-        res = warm({"memstack": ["--store", ms_store],
-                    "bm25s": ["--jsonl", jsonl, "--n", str(n)],
-                    "chromadb": ["--path", ch_store]}, qfile, rounds, 600,
+        res = warm({"memstack": ("memstack", ["--store", ms_store], {}),
+                    "memstack-1t": ("memstack", ["--store", ms_store], ONE_BLAS_THREAD),
+                    "bm25s": ("bm25s", ["--jsonl", jsonl, "--n", str(n)], {}),
+                    "chromadb": ("chromadb", ["--path", ch_store], {})}, qfile, rounds, 600,
                    before=lambda: probe("small"))
-        labels = {"memstack": "memstack Searcher.search", "bm25s": "bm25s retrieve",
-                  "chromadb": "chromadb query"}
+        labels = {"memstack": "memstack Searcher.search",
+                  "memstack-1t": "memstack, OPENBLAS_NUM_THREADS=1 (diagnostic)",
+                  "bm25s": "bm25s retrieve", "chromadb": "chromadb query"}
         for k, r in res.items():
             rows += warm_rows(labels[k], sc, r)
         ok = {k: r for k, r in res.items() if "error" not in r}
@@ -354,10 +368,15 @@ def run(quick: bool) -> dict:
         emb = HashingEmbedder()
         cq = queries[0]
         vec = json.dumps([round(float(x), 7) for x in emb.embed_query(cq)])
+        ms_cmd = [os.path.join(common.VENV_BIN, "memstack"), "recall", "--store", ms_store, cq,
+                  "-k", "10", "--format", "jsonl"]
         cmds = {
-            "memstack": [os.path.join(common.VENV_BIN, "memstack"), "recall", "--store",
-                         ms_store, cq, "-k", "10", "--format", "jsonl"],
-            "chromadb": [common.PY, "-c", CHROMA_COLD, ch_store, common.CHROMA_COLLECTION, vec],
+            "memstack": (ms_cmd, {}),
+            "memstack-1t": (ms_cmd, ONE_BLAS_THREAD),
+            "memstack-nopyc": (ms_cmd, {"PYTHONDONTWRITEBYTECODE": "1",
+                                        "PYTHONPYCACHEPREFIX": None}),
+            "chromadb": ([common.PY, "-c", CHROMA_COLD, ch_store, common.CHROMA_COLLECTION, vec],
+                         {}),
         }
 
         def check(name: str, stdout: str) -> None:
@@ -370,10 +389,14 @@ def run(quick: bool) -> dict:
         py_start = common.median([common.run_measured([common.PY, "-c", "pass"], timeout=60,
                                                       poll=None).wall_s for _ in range(5)])
         for name, label in (("memstack", "memstack recall (new process)"),
+                            ("memstack-1t", "memstack, OPENBLAS_NUM_THREADS=1 (diagnostic)"),
+                            ("memstack-nopyc", "memstack, no .pyc caches (diagnostic)"),
                             ("chromadb", "chromadb python -c (new process)")):
             c = cold[name]
             rows.append({"system": label, "metric": f"cold median @{sc}",
                          "value": common.median(c["wall"]), "unit": "s", "group": "cold"})
+            if "diagnostic" in label:
+                continue
             rows.append({"system": label, "metric": f"peak RSS, cold @{sc}",
                          "value": common.mib(common.median(c["rss"])), "unit": "MiB",
                          "group": "coldrss"})
@@ -383,7 +406,11 @@ def run(quick: bool) -> dict:
                      + "; ".join(f"{k} " + ", ".join(f"{w:.3f}" for w in c["wall"])
                                  for k, c in cold.items())
                      + f"; a bare `python -c pass` takes {py_start:.3f} s here. Cold RSS: "
-                     "/usr/bin/time %M (max with 10 ms RSS polling), 3 more runs each.")
+                     "/usr/bin/time %M (max with 10 ms RSS polling), 3 more runs each. Python "
+                     "bytecode caches are used (written under the bench cache via "
+                     "PYTHONPYCACHEPREFIX, as an installed wheel would have them); the "
+                     "'no .pyc caches' row runs with PYTHONDONTWRITEBYTECODE=1 as this "
+                     "workplace's shell sets it, so memstack's modules compile on every start.")
         targets.append({"name": f"cold median @{sc} <= {TARGET_COLD_S} s",
                         "ok": cm <= TARGET_COLD_S if not quick else None,
                         "detail": f"{cm:.3f} s" + (" (quick: 20k)" if quick else "")})
@@ -397,17 +424,19 @@ def run(quick: bool) -> dict:
             big_store, big_built = common.memstack_store(big, timeout=1500)
             if big_built:
                 notes.append(f"memstack {bs} store built now with `memstack ingest` in "
-                             f"{big_built:.0f} s ({big / big_built:,.0f} turns/s, 1 run; "
-                             f"generating the JSONL took {gen_s:.0f} s more)")
+                             f"{big_built:.0f} s ({big / big_built:,.0f} turns/s, 1 run)"
+                             + (f"; generating the JSONL took {gen_s:.0f} s more"
+                                if gen_s >= 1 else ""))
             else:
                 notes.append(f"memstack {bs} store reused from the cache ({big_store})")
             bq = make_queries(big_jsonl, big, n_queries)
             bqfile = os.path.join(tmp, "queries-big.json")
             with open(bqfile, "w", encoding="utf-8") as fp:
                 json.dump(bq, fp)
-            rb = warm({"memstack": ["--store", big_store],
-                       "bm25s": ["--jsonl", big_jsonl, "--n", str(big)]}, bqfile, rounds,
-                      600, before=lambda: probe("big"))
+            rb = warm({"memstack": ("memstack", ["--store", big_store], {}),
+                       "memstack-1t": ("memstack", ["--store", big_store], ONE_BLAS_THREAD),
+                       "bm25s": ("bm25s", ["--jsonl", big_jsonl, "--n", str(big)], {})},
+                      bqfile, rounds, 600, before=lambda: probe("big"))
             bw_after = common.memory_bandwidth_gbs()
             for k, r in rb.items():
                 rows += warm_rows(labels[k], bs, r)

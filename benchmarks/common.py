@@ -282,6 +282,9 @@ def bench_env() -> dict:
                 "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1",
                 "PYTHONHASHSEED": "0"})
     env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
+    # bytecode caches as an installed package has them, kept out of the repository
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = cache_path("pycache")
     return env
 
 

@@ -22,7 +22,7 @@ from memstack.core.store import LmdbStore
 from memstack.formats.records import now_iso
 from memstack.formats.stream import RecordWriter
 
-PARALLEL_MIN_BYTES = 4 << 20
+PARALLEL_MIN_BYTES = 8 << 20
 _W: dict = {}
 
 
@@ -40,6 +40,10 @@ def _init(embedder_spec: str, encoding: str, opts: IngestOptions, keep_records: 
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # results and errors travel back to the parent; if the parent dies (kill -9), the
+    # orphaned worker's BrokenPipe noise must not land on the user's terminal
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
     from memstack.core.text import load_tokenizer
     from memstack.plugins.registry import load_embedder
 

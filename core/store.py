@@ -170,6 +170,7 @@ class LmdbStore:
         except lmdb.Error as exc:
             self._unlock()
             raise StoreError(f"{path}: not a readable LMDB store ({_lmdb_reason(exc)})") from None
+        self._check_file_size(path)
         try:
             self.env.reader_check()
             if write:
@@ -190,6 +191,16 @@ class LmdbStore:
         if not write and "schema" not in self.meta:
             self.close()
             raise StoreError(f"{path}: not a memstack store (no schema in meta)")
+
+    def _check_file_size(self, path: str) -> None:
+        """A data.mdb cut short (a partial copy) would SIGBUS on first read: refuse it."""
+        info, psize = self.env.info(), self.env.stat()["psize"]
+        need = (info["last_pgno"] + 1) * psize
+        have = os.path.getsize(os.path.join(self.path, "data.mdb"))
+        if have < need:
+            self.close()
+            raise StoreError(f"{path}: data.mdb is truncated ({have} bytes, the store needs "
+                             f"{need}); restore it from a backup")
 
     # -- lifecycle ------------------------------------------------------------------
     def _lock(self, timeout: float) -> None:

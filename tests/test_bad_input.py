@@ -328,9 +328,6 @@ def test_corrupt_store(tmp_path):
     assert os.listdir(plain_dir) == ["notes.txt"]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a data.mdb shorter than its meta pages "
-                   "claim is memory-mapped as is, and reading past the end kills the process "
-                   "with SIGBUS (core/store.py opens it without checking the size)")
 def test_truncated_store_file_is_an_error_not_a_crash(tmp_path):
     path = tmp_path / "store"
     ok(invoke("ingest", LOCOMO, "--store", path))

@@ -246,9 +246,6 @@ def test_lmdb_environment_of_someone_else(tmp_path):
     assert "not a memstack store" in one_line_store_error(tmp_path / "foreign")
 
 
-@pytest.mark.xfail(raises=lmdb.Error, strict=True,
-                   reason="core/admin.verify lets LMDB errors from a corrupt page escape "
-                          "(lmdb.BadTxnError traceback) instead of reporting a problem")
 def test_verify_reports_a_corrupt_page(tmp_path, emb, tok):
     with writer(tmp_path / "s", emb, tok) as st:
         add_batches(st, make_records(0, 300), emb, tok, 100)
