@@ -150,6 +150,27 @@ def prepare(records: list[dict], embedder, tok: Tokenizer | None,
         records=records if keep_records else None)
 
 
+def commit(prep: Prepared, store: LmdbStore | None, out: RecordWriter | None,
+           stats: IngestStats, seen: set[bytes]) -> None:
+    """Commit a prepared batch to the store and/or the output stream, and count it."""
+    fresh = None
+    if store is not None:
+        new, present = store.add(prep)
+    else:
+        fresh = first_seen(prep.ids, seen)
+        new = sum(fresh)
+        present = len(prep) - new
+    stats.new += new
+    stats.present += present
+    if out is not None:
+        for i, (rec, vec) in enumerate(zip(prep.records, prep.vectors, strict=True)):
+            if fresh is not None and not fresh[i]:
+                continue  # without a store, the stream holds each id once
+            out.write(dict(rec, vec=vec))
+            stats.written += 1
+        out.flush()
+
+
 def batched(it: Iterable[dict], size: int) -> Iterator[list[dict]]:
     batch: list[dict] = []
     for rec in it:
@@ -234,22 +255,6 @@ def ingest_items(items: Iterable[Item | Bad], uri: str, *, embedder,
         if all(v is not None and len(v) == embedder.dim for v in given):
             vecs = np.stack(given)
         prep = prepare(batch, embedder, tokenizer, vecs)
-        fresh = None
-        if store is not None:
-            new, present = store.add(prep)
-        else:
-            fresh = first_seen(prep.ids, seen)
-            new = sum(fresh)
-            present = len(batch) - new
-        stats.new += new
-        stats.present += present
-        if out is not None:
-            for i, (rec, vec) in enumerate(zip(batch, prep.vectors, strict=True)):
-                if fresh is not None and not fresh[i]:
-                    continue  # without a store, the stream holds each id once
-                rec["vec"] = vec
-                out.write(rec)
-                stats.written += 1
-            out.flush()
+        commit(prep, store, out, stats, seen)
         if progress:
             progress(len(batch))

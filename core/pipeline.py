@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 from memstack.core.errors import InputError
-from memstack.core.ingest import IngestOptions, IngestStats, expand, first_seen, prepare
+from memstack.core.ingest import IngestOptions, IngestStats, commit, expand, prepare
 from memstack.core.parse import Bad, iter_lines, parse_jsonl_lines
 from memstack.core.store import LmdbStore
 from memstack.formats.records import now_iso
@@ -109,21 +109,6 @@ def ingest_parallel(fp: IO[bytes], name: str, *, embedder, encoding: str,
                 raise InputError(*error)
             if prep is None:
                 continue
-            fresh = None
-            if store is not None:
-                new, present = store.add(prep)
-            else:
-                fresh = first_seen(prep.ids, seen)
-                new = sum(fresh)
-                present = len(prep) - new
-            stats.new += new
-            stats.present += present
-            if out is not None:
-                for i, (rec, vec) in enumerate(zip(prep.records, prep.vectors, strict=True)):
-                    if fresh is not None and not fresh[i]:
-                        continue  # without a store, the stream holds each id once
-                    out.write(dict(rec, vec=vec))
-                    stats.written += 1
-                out.flush()
+            commit(prep, store, out, stats, seen)
             if progress:
                 progress(len(prep))

@@ -562,9 +562,14 @@ class LmdbStore:
     def snapshot(self) -> Iterator[Snapshot]:
         """A consistent read view; arrays it returns stay valid only inside the block."""
         with self._read_txn(buffers=True) as txn:
-            stats = txn.get(b"stats", db=self.dbs["meta"])
-            yield Snapshot(self, txn, unpack(stats) if stats is not None else
-                           {"n": 0, "total_len": 0, "not_current": 0})
+            raw = txn.get(b"stats", db=self.dbs["meta"])
+            stats = unpack(raw) if raw is not None else {"n": 0, "total_len": 0,
+                                                         "not_current": 0}
+            if not self.write and stats != self.meta.get("stats", stats):
+                # another process wrote since we opened: namespaces, moments etc. moved on
+                cur = txn.cursor(db=self.dbs["meta"])
+                self.meta = {bytes(k).decode(): unpack(v) for k, v in cur}
+            yield Snapshot(self, txn, stats)
 
     def iter_records(self, batch: int = 4096) -> Iterator[tuple[int, dict, np.ndarray | None]]:
         """All records in docno order with their vectors, in short read transactions."""
