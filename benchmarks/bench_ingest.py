@@ -119,6 +119,7 @@ def chroma_runs(jsonl: str, n: int, runs: int, keep_as_cache: bool = False
                     with open(os.path.join(path, ".complete"), "w") as fp:
                         fp.write(f"{out['add_s']:.3f}\n")
                     shutil.move(path, dest)
+                    out["kept"] = True
     return rates, rss, infos
 
 
@@ -182,8 +183,9 @@ def run(quick: bool) -> dict:
                      "value": common.mib(b_rss[0]), "unit": "MiB", "group": "rss"})
         notes.append(f"chromadb {n:,} docs: 1 run (the issue expects ~1,000 docs/s), "
                      f"{b_info[0]['add_s']:.0f} s in add(); store on disk "
-                     f"{common.mib(b_info[0]['store_bytes'])} MiB; this store is kept as the "
-                     f"{n // 1000}k chromadb store of the recall benchmarks")
+                     f"{common.mib(b_info[0]['store_bytes'])} MiB"
+                     + (f"; this store is kept as the {n // 1000}k chromadb store of the recall "
+                        "benchmarks" if b_info[0].get("kept") else ""))
     notes.append("memstack's turns/s is end to end (process start, JSON parsing, token counts, "
                  "embedding, indexing, commit); chromadb's docs/s counts only the add() calls "
                  "(embedding done beforehand, process start and input parsing excluded), so the "

@@ -323,6 +323,8 @@ def run(quick: bool) -> dict:
     ch_store, ch_built = chroma_store(n)
     if ch_built:
         notes.append(f"chromadb {sc} store built now in {ch_built:.0f} s")
+    notes.append(f"memstack {sc} store on disk: {common.mib(common.dir_bytes(ms_store))} MiB; "
+                 f"chromadb {sc} store: {common.mib(common.dir_bytes(ch_store))} MiB")
     queries = make_queries(jsonl, n, n_queries)
 
     with common.temp_dir() as tmp:
@@ -429,6 +431,8 @@ def run(quick: bool) -> dict:
                                 if gen_s >= 1 else ""))
             else:
                 notes.append(f"memstack {bs} store reused from the cache ({big_store})")
+            notes.append(f"memstack {bs} store on disk: "
+                         f"{common.mib(common.dir_bytes(big_store))} MiB")
             bq = make_queries(big_jsonl, big, n_queries)
             bqfile = os.path.join(tmp, "queries-big.json")
             with open(bqfile, "w", encoding="utf-8") as fp:

@@ -316,6 +316,10 @@ def temp_dir(prefix: str = "memstack-bench-") -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
 def cache_path(*parts: str) -> str:
     os.makedirs(CACHE, exist_ok=True)
     return os.path.join(CACHE, *parts)

@@ -69,13 +69,15 @@ def render(sections: list[dict], facts: dict, meta: dict) -> str:
         f"- Machine: {facts['cpu']}, {facts['cores']} cores, {facts['ram_gib']} GiB RAM, "
         f"{facts['os']}; Python {facts['python']}",
         f"- Packages: {pk}",
-        f"- memstack source fingerprint: {meta['fingerprint']} (memstack was being edited "
-        "while this ran; the numbers describe the code with this fingerprint)",
+        f"- memstack source fingerprint (sha1 of core/, formats/, plugins/, cli/ sources): "
+        f"{meta['fingerprint']}",
         f"- Memory bandwidth (numpy copy of 512 MB, bytes read + written): "
         f"{meta['bw_start']} GB/s at the start, {meta['bw_end']} GB/s at the end "
         "(it drifts between ~20 and ~50 GB/s on this shared machine)",
         "- The machine is shared (2 cores): every number is a median of repeats; see each "
         "section's noise note for how busy other processes kept the CPUs.",
+        "- Rows marked (diagnostic) are memstack again with one thing changed in its "
+        "environment, to show where time goes; they are not peers and have no targets.",
         "",
         "## Targets (issue #2)",
         "",
@@ -123,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(run_one(key, args.quick, datasets, tmp))
     meta["bw_end"] = common.memory_bandwidth_gbs()
     meta["wall_s"] = time.perf_counter() - t0
-    if common.memstack_fingerprint() != meta["fingerprint"]:
-        meta["fingerprint"] += " (changed during the run!)"
+    end_fp = common.memstack_fingerprint()
+    if end_fp != meta["fingerprint"]:
+        meta["fingerprint"] += (f" at the start, {end_fp} at the end (memstack's source changed "
+                                "during the run; cached stores are rebuilt whenever it does, so "
+                                "each section measured the code current when it ran)")
     text = render(sections, facts, meta)
     if out_path:
         tmp_out = out_path + ".tmp"

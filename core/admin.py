@@ -14,6 +14,7 @@ import numpy as np
 from memstack.core.errors import StoreError
 from memstack.core.store import (
     BLOCK_ROWS,
+    CODE_BITS,
     COLUMNS,
     LmdbStore,
 )
@@ -114,6 +115,18 @@ def verify(store: LmdbStore) -> list[str]:
                 else:
                     if expect != n:
                         problems.append(f"vectors: {expect} rows stored, stats say {n}")
+                row_bytes = CODE_BITS // 8
+                expect = 0
+                for key, raw in txn.cursor(db=dbs["codes"]):
+                    start = int.from_bytes(bytes(key), "big")
+                    if start != expect or len(raw) % row_bytes:
+                        problems.append(f"codes: segment at {start} breaks the sequence "
+                                        f"(expected {expect})")
+                        break
+                    expect = start + len(raw) // row_bytes
+                else:
+                    if expect != n:
+                        problems.append(f"codes: {expect} rows stored, stats say {n}")
             total = 0
             cur = txn.cursor(db=dbs["postings"])
             for key, val in cur:

@@ -160,12 +160,23 @@ class Searcher:
         """Cosine estimated from SimHash Hamming distances: 32 bytes read per memory."""
         from memstack.core.store import CODE_BITS, simhash
 
-        qcode = simhash(q[None, :], planes)[0]
+        qcode = simhash(q[None, :], planes)[:, 0]
         table = np.cos(np.pi * np.arange(CODE_BITS + 1) / CODE_BITS).astype(np.float32)
         out = np.zeros(snap.n, dtype=np.float32)
+        chunk = 65536  # stay in cache: xor, popcount and add word by word
+        acc = np.empty(chunk, dtype=np.uint16)
+        tmp = np.empty(chunk, dtype=np.uint64)
+        cnt = np.empty(chunk, dtype=np.uint8)
         for lo, codes in snap.code_blocks():
-            dist = np.bitwise_count(codes ^ qcode).sum(axis=1, dtype=np.int32)
-            out[lo : lo + len(codes)] = table[dist]
+            rows = codes.shape[1]
+            for a in range(0, rows, chunk):
+                m = min(chunk, rows - a)
+                acc[:m] = 0
+                for w in range(codes.shape[0]):
+                    np.bitwise_xor(codes[w, a : a + m], qcode[w], out=tmp[:m])
+                    np.bitwise_count(tmp[:m], out=cnt[:m])
+                    acc[:m] += cnt[:m]
+                np.take(table, acc[:m], out=out[lo + a : lo + a + m])
         return out
 
     def _vectors(self, snap: Snapshot, q: np.ndarray) -> np.ndarray:

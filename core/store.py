@@ -38,8 +38,8 @@ from memstack.formats.records import LEVELS, from_iso
 
 SCHEMA_VERSION = 1
 BLOCK_ROWS = 16384
-SEGMENT_BYTES = 16 << 20  # merge target: big enough that BLAS runs at memory speed
-SMALL_SEGMENT_BYTES = 4 << 20  # only segments below this are merged (small batches)
+SEGMENT_BYTES = 16 << 20  # merge target: a segment this big is scanned at memory speed
+SMALL_SEGMENT_BYTES = 4 << 20  # segments below this (from small batches) are merged
 CODE_BITS = 256  # SimHash bits per vector: the prefilter of recall on big stores
 SEGMENT_MAX = 65536
 DB_NAMES = ("records", "docnos", "ids", "cols", "vectors", "codes", "postings", "meta", "log")
@@ -62,9 +62,17 @@ _NO_TIME = float("nan")
 
 
 def simhash(vecs: np.ndarray, planes: np.ndarray) -> np.ndarray:
-    """Sign bits of random projections, packed into uint64 words (rows x bits/64)."""
+    """Sign bits of random projections, packed into uint64 words, shape (bits/64, rows):
+    word-major, so Hamming distances are computed on contiguous arrays."""
     bits = np.packbits((vecs @ planes.T) > 0, axis=1, bitorder="little")
-    return np.ascontiguousarray(bits).view(np.uint64)
+    return np.ascontiguousarray(np.ascontiguousarray(bits).view(np.uint64).T)
+
+
+def _join_codes(parts: list[bytes]) -> bytes:
+    """Concatenate word-major code segments row-wise."""
+    words = CODE_BITS // 64
+    arrays = [np.frombuffer(p, dtype=np.uint64).reshape(words, -1) for p in parts]
+    return np.ascontiguousarray(np.concatenate(arrays, axis=1)).tobytes()
 
 
 def same_embedder(a: dict, b: dict) -> bool:
@@ -429,7 +437,7 @@ class LmdbStore:
             self._put_meta(txn, "simhash", planes)
         return planes
 
-    def merge_segments(self, dbname: str) -> int:
+    def merge_segments(self, dbname: str, join=None) -> int:
         """Fold runs of small segments (from small batches) into segments of up to
         SEGMENT_BYTES; big segments are left alone. Returns the number of runs merged."""
         db = self.dbs[dbname]
@@ -452,15 +460,16 @@ class LmdbStore:
         if not runs:
             return 0
 
-        def fn(txn):
-            for keys in runs:
-                data = b"".join(bytes(txn.get(k, db=db)) for k in keys)
-                for k in keys[1:]:
-                    txn.delete(k, db=db)
-                txn.put(keys[0], data, db=db)
-            return len(runs)
+        def fn(txn, keys):
+            parts = [bytes(txn.get(k, db=db)) for k in keys]
+            data = join(parts) if join else b"".join(parts)
+            for k in keys[1:]:
+                txn.delete(k, db=db)
+            txn.put(keys[0], data, db=db)
 
-        return self.write_batch(fn)
+        for keys in runs:  # one transaction per run keeps the dirty pages few
+            self.write_batch(lambda txn, keys=keys: fn(txn, keys))
+        return len(runs)
 
     def optimize(self, force: bool = False) -> bool:
         """Merge postings and vector segments once 8 batches have landed since the last
@@ -470,7 +479,7 @@ class LmdbStore:
             return False
         self.merge_postings()
         self.merge_segments("vectors")
-        self.merge_segments("codes")
+        self.merge_segments("codes", join=_join_codes)
         self.write_batch(lambda txn: self._put_meta(txn, "merged_at", seq))
         return True
 
@@ -611,22 +620,29 @@ class Snapshot:
 
     def column_at(self, name: str, docnos: np.ndarray) -> np.ndarray:
         """Values of one column at the given docnos, reading only the blocks they touch."""
-        dtype = COLUMNS[name]
         docnos = np.asarray(docnos, dtype=np.int64)
+        if len(docnos) * 8 > self.n:
+            return self.column(name)[docnos]
+        dtype = COLUMNS[name]
         out = np.empty(len(docnos), dtype=dtype)
         if not len(docnos):
             return out
+        order = None
+        if len(docnos) > 1 and not (docnos[1:] >= docnos[:-1]).all():
+            order = np.argsort(docnos, kind="stable")
+            docnos = docnos[order]
+        blocks = docnos // BLOCK_ROWS
+        edges = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1], True]).tolist()
         db = self.dbs["cols"]
         prefix = f"{name}:".encode()
-        blocks = docnos // BLOCK_ROWS
-        lo, hi = int(blocks.min()), int(blocks.max())
-        if lo == hi:
-            raw = self.txn.get(prefix + _U32.pack(lo), db=db)
-            return np.frombuffer(raw, dtype=dtype)[docnos - lo * BLOCK_ROWS]
-        for block in np.unique(blocks).tolist():
-            sel = blocks == block
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            block = int(blocks[a])
             raw = self.txn.get(prefix + _U32.pack(block), db=db)
-            out[sel] = np.frombuffer(raw, dtype=dtype)[docnos[sel] - block * BLOCK_ROWS]
+            out[a:b] = np.frombuffer(raw, dtype=dtype)[docnos[a:b] - block * BLOCK_ROWS]
+        if order is not None:
+            result = np.empty_like(out)
+            result[order] = out
+            return result
         return out
 
     def newest_event(self) -> float:
@@ -645,15 +661,15 @@ class Snapshot:
             yield lo, np.frombuffer(raw, dtype=np.float32, count=take * dim).reshape(take, dim)
 
     def code_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(first docno, codes) per segment of SimHash codes, zero-copy."""
+        """(first docno, codes of shape (words, rows)) per segment, zero-copy."""
         words = CODE_BITS // 64
         for key, raw in self.txn.cursor(db=self.dbs["codes"]):
             lo = _U32.unpack(bytes(key))[0]
-            take = min(len(raw) // (8 * words), self.n - lo)
+            rows = len(raw) // (8 * words)
+            take = min(rows, self.n - lo)
             if take <= 0:
                 break
-            yield lo, np.frombuffer(raw, dtype=np.uint64, count=take * words).reshape(take,
-                                                                                    words)
+            yield lo, np.frombuffer(raw, dtype=np.uint64).reshape(words, rows)[:, :take]
 
     def vectors_at(self, docnos: np.ndarray, dim: int) -> np.ndarray:
         """Exact vectors of some docnos (any order), gathered segment by segment."""
