@@ -12,7 +12,14 @@ import numpy as np
 
 from memstack.core.analyze import Analysis
 from memstack.core.parse import SNIFF_BYTES, Bad, Item, detect_format, parse
-from memstack.core.store import LmdbStore, Prepared, pack, row_columns
+from memstack.core.store import (
+    LmdbStore,
+    Prepared,
+    pack,
+    row_columns,
+    simhash,
+    vector_moments,
+)
 from memstack.core.text import Tokenizer, chunk_text
 from memstack.formats.records import memory_record, now_iso
 from memstack.formats.stream import RecordWriter
@@ -41,7 +48,9 @@ class IngestOptions:
     overlap: int = 32
     skip_bad: bool = False
     max_line: int = 16 << 20
-    workers: int = 0  # processes preparing batches of big JSONL inputs; 0 = one per core
+    workers: int = 1  # processes preparing batches of big JSONL inputs; 0 = one per core
+    # (the CLI defaults to 0; library callers opt in, since worker processes re-import
+    # the calling script unless it guards with `if __name__ == "__main__"`)
 
 
 def _safe_pieces(text: str) -> list[str]:
@@ -117,7 +126,8 @@ def group_of(rec: dict) -> int:
 
 
 def prepare(records: list[dict], embedder, tok: Tokenizer | None,
-            vectors: np.ndarray | None = None, keep_records: bool = True) -> Prepared:
+            vectors: np.ndarray | None = None, keep_records: bool = True,
+            planes: np.ndarray | None = None) -> Prepared:
     """Count tokens, embed, analyse and pack a batch of records (everything but the commit)."""
     if tok is not None:
         todo = [r for r in records if not r.get("tokens")]
@@ -132,6 +142,7 @@ def prepare(records: list[dict], embedder, tok: Tokenizer | None,
     analysis: Analysis = analyzer.analyze(texts)
     if vectors is None:
         vectors = embedder.embed(texts, analysis=analysis)
+    vectors = np.asarray(vectors, dtype=np.float32)
     stem = np.asarray(analyzer.word_stem, dtype=np.int64)[analysis.word]
     n = len(records)
     pair = stem * max(n, 1) + analysis.doc
@@ -147,7 +158,9 @@ def prepare(records: list[dict], embedder, tok: Tokenizer | None,
         vectors=np.asarray(vectors, dtype=np.float32), term_doc=term_doc.astype(np.int64),
         term_stem=[analyzer.stem_list[t] for t in terms], term_idx=term_idx.astype(np.int64),
         term_tf=np.minimum(counts, 65535).astype(np.uint16),
-        records=records if keep_records else None)
+        records=records if keep_records else None,
+        codes=None if planes is None else simhash(vectors, planes),
+        moments=None if planes is None else vector_moments(vectors))
 
 
 def commit(prep: Prepared, store: LmdbStore | None, out: RecordWriter | None,
@@ -210,7 +223,9 @@ def ingest(inputs: list[tuple[str, IO[bytes]]], *, embedder, tokenizer: Tokenize
                 pipeline.ingest_parallel(fp, name, embedder=embedder,
                                          encoding=tokenizer.requested, store=store, out=out,
                                          opts=opts, stats=stats, on_bad=on_bad,
-                                         progress=progress, workers=workers, seen=seen)
+                                         progress=progress, workers=workers, seen=seen,
+                                         planes=store.simhash_planes(embedder.dim)
+                                         if store is not None else None)
                 continue
         items = parse(fp, name, fmt, max_line=opts.max_line, skip_bad=opts.skip_bad)
         ingest_items(items, opts.source or name, embedder=embedder, tokenizer=tokenizer,
@@ -239,6 +254,7 @@ def ingest_items(items: Iterable[Item | Bad], uri: str, *, embedder,
     """The batch loop behind ingest(): expand, prepare, commit and/or write."""
     seen = set() if seen is None else seen
     spec = embedder.spec()
+    planes = store.simhash_planes(embedder.dim) if store is not None else None
 
     def bad(b: Bad) -> None:
         stats.bad += 1
@@ -254,7 +270,7 @@ def ingest_items(items: Iterable[Item | Bad], uri: str, *, embedder,
         vecs = None
         if all(v is not None and len(v) == embedder.dim for v in given):
             vecs = np.stack(given)
-        prep = prepare(batch, embedder, tokenizer, vecs)
+        prep = prepare(batch, embedder, tokenizer, vecs, planes=planes)
         commit(prep, store, out, stats, seen)
         if progress:
             progress(len(batch))

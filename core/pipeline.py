@@ -36,7 +36,8 @@ def worth_it(fp: IO[bytes], fmt: str) -> bool:
         return False
 
 
-def _init(embedder_spec: str, encoding: str, opts: IngestOptions, keep_records: bool) -> None:
+def _init(embedder_spec: str, encoding: str, opts: IngestOptions, keep_records: bool,
+          planes=None) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -51,6 +52,7 @@ def _init(embedder_spec: str, encoding: str, opts: IngestOptions, keep_records: 
     _W["tok"] = load_tokenizer(encoding)
     _W["opts"] = opts
     _W["keep_records"] = keep_records
+    _W["planes"] = planes
 
 
 def _err_args(exc: InputError) -> tuple[str, str, str]:
@@ -73,7 +75,8 @@ def _work(job: tuple[str, str, list[tuple[int, int, bytes | None]], str]):
     if not records:
         return None, bads, None
     keep = _W["keep_records"]
-    return prepare(records, _W["embedder"], _W["tok"], keep_records=keep), bads, None
+    return (prepare(records, _W["embedder"], _W["tok"], keep_records=keep,
+                    planes=_W["planes"]), bads, None)
 
 
 def _jobs(fp: IO[bytes], name: str, uri: str, batch: int, max_line: int,
@@ -92,14 +95,16 @@ def ingest_parallel(fp: IO[bytes], name: str, *, embedder, encoding: str,
                     store: LmdbStore | None, out: RecordWriter | None, opts: IngestOptions,
                     stats: IngestStats, on_bad: Callable[[Bad], None] | None = None,
                     progress: Callable[[int], None] | None = None, workers: int = 2,
-                    seen: set[bytes] | None = None) -> None:
+                    seen: set[bytes] | None = None, planes=None) -> None:
     """Ingest one JSONL input with `workers` processes preparing batches."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # inherited by the fork server: one BLAS thread each
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["memstack.core.ingest", "memstack.core.embed"])
     seen = set() if seen is None else seen
     jobs = _jobs(fp, name, opts.source or name, opts.batch_size, opts.max_line, now_iso())
     with ctx.Pool(workers, initializer=_init,
-                  initargs=(embedder.spec(), encoding, opts, out is not None)) as pool:
+                  initargs=(embedder.spec(), encoding, opts, out is not None, planes)) as pool:
         for prep, bads, error in pool.imap(_work, jobs):
             for err in bads:
                 stats.bad += 1

@@ -68,6 +68,12 @@ def simhash(vecs: np.ndarray, planes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.ascontiguousarray(bits).view(np.uint64).T)
 
 
+def vector_moments(vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and Gram matrix of a batch of vectors (float32 products, float64 totals)."""
+    vecs = np.asarray(vecs, dtype=np.float32)
+    return vecs.sum(axis=0, dtype=np.float64), (vecs.T @ vecs).astype(np.float64)
+
+
 def _join_codes(parts: list[bytes]) -> bytes:
     """Concatenate word-major code segments row-wise."""
     words = CODE_BITS // 64
@@ -123,6 +129,8 @@ class Prepared:
     term_idx: np.ndarray  # int64 index into term_stem of each pair
     term_tf: np.ndarray  # uint16 frequency of each pair
     records: list[dict] | None = None
+    codes: np.ndarray | None = None  # SimHash words (bits/64, n), when the planes were known
+    moments: tuple[np.ndarray, np.ndarray] | None = None  # sum and gram of the vectors
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -364,7 +372,10 @@ class LmdbStore:
         cols["ns"] = np.fromiter((ns_codes[x] for x in ns), np.uint32, m)
         for name, values in cols.items():
             self._write_rows(txn, "cols", name, n0, values)
-        self._write_vectors(txn, n0, b.vectors[idx])
+        whole = m == len(b)  # nothing was already present: the batch's codes/moments hold
+        self._write_vectors(txn, n0, b.vectors[idx],
+                            codes=None if b.codes is None else b.codes[:, idx],
+                            moments=b.moments if whole else None)
         seq = int(stats.get("segments", 0))
         self._write_postings(txn, b, docno, seq)
         stats["n"] = n0 + m
@@ -407,34 +418,40 @@ class LmdbStore:
             arr[docnos[sel] % BLOCK_ROWS] = values[sel]
             txn.put(key, arr.tobytes(), db=db)
 
-    def _write_vectors(self, txn, start: int, vecs: np.ndarray) -> None:
+    def _write_vectors(self, txn, start: int, vecs: np.ndarray, codes: np.ndarray | None = None,
+                       moments: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Append the batch's vectors as one contiguous segment (LMDB keeps a value's
         overflow pages together, so recall scans it with a single BLAS call), and their
-        SimHash codes as another."""
+        SimHash codes as another. Codes and moments come ready from prepare() when it could
+        make them (in the worker processes), else they are made here."""
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         key = _U32.pack(start)
         txn.put(key, vecs.tobytes(), db=self.dbs["vectors"], append=True)
-        planes = self.simhash_planes(txn, vecs.shape[1])
-        txn.put(key, simhash(vecs, planes).tobytes(), db=self.dbs["codes"], append=True)
+        if codes is None:
+            codes = simhash(vecs, self.simhash_planes(vecs.shape[1], txn))
+        txn.put(key, np.ascontiguousarray(codes).tobytes(), db=self.dbs["codes"], append=True)
         # first and second moments of all vectors: the exact mean and spread of any query's
         # cosine scores, without reading the vectors (recall's SimHash path needs them)
+        add_sum, add_gram = moments if moments is not None else vector_moments(vecs)
         mom = self.meta.get("vec_moments")
         if mom is None or len(mom["sum"]) != vecs.shape[1]:
             dim = vecs.shape[1]
             mom = {"n": 0, "sum": np.zeros(dim), "gram": np.zeros((dim, dim))}
-        v64 = vecs.astype(np.float64)
         self._put_meta(txn, "vec_moments", {"n": int(mom["n"]) + len(vecs),
-                                            "sum": mom["sum"] + v64.sum(axis=0),
-                                            "gram": mom["gram"] + v64.T @ v64})
+                                            "sum": mom["sum"] + add_sum,
+                                            "gram": mom["gram"] + add_gram})
 
-    def simhash_planes(self, txn, dim: int) -> np.ndarray:
+    def simhash_planes(self, dim: int, txn=None) -> np.ndarray:
         """The store's random hyperplanes, made once and kept in meta (not re-derived from a
         seed, so codes never depend on a library's random stream)."""
         planes = self.meta.get("simhash")
         if planes is None or planes.shape != (CODE_BITS, dim):
             rng = np.random.default_rng(0x5EED)
             planes = rng.standard_normal((CODE_BITS, dim)).astype(np.float32)
-            self._put_meta(txn, "simhash", planes)
+            if txn is not None:
+                self._put_meta(txn, "simhash", planes)
+            else:
+                self.write_batch(lambda t: self._put_meta(t, "simhash", planes))
         return planes
 
     def merge_segments(self, dbname: str, join=None) -> int:
