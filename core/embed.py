@@ -38,7 +38,7 @@ class HashingEmbedder:
     uses_idf = True
 
     def __init__(self, arg: str | None = None):
-        dim = 256
+        dim = 128  # lexical features: recall is flat from 128 to 384 dims on LoCoMo
         for part in filter(None, (arg or "").split(",")):
             key, _, val = part.partition("=")
             if key == "dim" or (not val and key.isdigit()):

@@ -285,10 +285,10 @@ def test_empty_inputs(tmp_path, store):
 def test_store_built_with_another_embedder(tmp_path, store):
     before = fingerprint(store)
     chat = write_chat(tmp_path / "more.jsonl", 3, seed=3)
-    error_line(run("ingest", chat, "--store", store, "--embedder", "hash:dim=128"), 1,
-               str(store), "'hash:dim=256'", "'hash:dim=128'")
-    error_line(run("ingest", chat, "--store", store, "--embedder", "hash:dim=128",
-                   "-o", tmp_path / "out.msgpack"), 1, "hash:dim=128")
+    error_line(run("ingest", chat, "--store", store, "--embedder", "hash:dim=64"), 1,
+               str(store), "'hash:dim=128'", "'hash:dim=64'")
+    error_line(run("ingest", chat, "--store", store, "--embedder", "hash:dim=64",
+                   "-o", tmp_path / "out.msgpack"), 1, "hash:dim=64")
     assert_no_output_file(tmp_path)
     assert fingerprint(store) == before
     bad_spec = run("ingest", chat, "--store", store, "--embedder", "hash:dim=3")

@@ -213,11 +213,11 @@ def test_output_msgpack_stream_is_framed_with_vectors(tmp_path):
     chat = write_chat(tmp_path / "chat.jsonl", 25)
     proc = ok(invoke("ingest", chat, "-o", "-"))
     head, recs = decode_msgpack(proc.stdout_bytes)
-    assert head["meta"]["embedder"]["spec"] == "hash:dim=256"
+    assert head["meta"]["embedder"]["spec"] == "hash:dim=128"
     assert len(recs) == 25 and len({r["id"] for r in recs}) == 25
     for rec in recs:
         assert rec["v"] == 1 and rec["kind"] == "memory"
-        assert rec["vec"].dtype == np.float32 and rec["vec"].shape == (256,)
+        assert rec["vec"].dtype == np.float32 and rec["vec"].shape == (128,)
         assert abs(float(np.linalg.norm(rec["vec"])) - 1.0) < 1e-4
         assert rec["tokens"] == len(ENC.encode_ordinary(rec["text"]))
 

@@ -251,8 +251,8 @@ def test_missing_store_is_a_one_line_error(tmp_path):
 
 
 def test_other_embedder_is_refused_naming_both(store):
-    proc = run("recall", QUESTION, "--store", store, "--embedder", "hash:dim=128")
-    error_line(proc, 1, "hash:dim=256", "hash:dim=128")
+    proc = run("recall", QUESTION, "--store", store, "--embedder", "hash:dim=64")
+    error_line(proc, 1, "hash:dim=128", "hash:dim=64")
     assert proc.stdout == b""
 
 

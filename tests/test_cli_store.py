@@ -57,7 +57,7 @@ def test_stats_fields(store):
     assert stats["namespaces"] == {"default": 419, "user:bo": 40}
     assert stats["levels"] == {"turn": 459}
     assert stats["tokens"] == sum(r["tokens"] for r in recs) > 0
-    assert stats["embedder"]["spec"] == "hash:dim=256" and stats["embedder"]["dim"] == 256
+    assert stats["embedder"]["spec"] == "hash:dim=128" and stats["embedder"]["dim"] == 128
     assert stats["tokenizer"]["requested"] == "cl100k_base"
     assert stats["schema"] == 1
     assert stats["bytes_on_disk"] == os.path.getsize(store / "data.mdb")
@@ -70,7 +70,7 @@ def test_export_import_round_trip(tmp_path, store, fmt):
     backup = tmp_path / f"backup.{fmt}"
     ok(run("store", "export", "--store", store, "-o", backup, "--format", fmt))
     head, recs = (decode_msgpack if fmt == "msgpack" else decode_jsonl)(backup.read_bytes())
-    assert len(recs) == 459 and head["meta"]["embedder"]["spec"] == "hash:dim=256"
+    assert len(recs) == 459 and head["meta"]["embedder"]["spec"] == "hash:dim=128"
     restored = tmp_path / "restored"
     proc = ok(run("store", "import", backup, "--store", restored))
     assert summary(proc) == f"import: 459 new, 0 already present, 0 bad into {restored}"
@@ -97,13 +97,13 @@ def test_export_to_stdout_and_without_vectors(tmp_path, store):
 def test_import_from_stdin_and_a_foreign_embedder(tmp_path):
     chat = write_chat(tmp_path / "chat.jsonl", 5)
     small = tmp_path / "dim128.msgpack"
-    ok(run("ingest", chat, "--embedder", "hash:dim=128", "-o", small))
+    ok(run("ingest", chat, "--embedder", "hash:dim=64", "-o", small))
     target = tmp_path / "store"
     ok(run("ingest", write_chat(tmp_path / "other.jsonl", 3, seed=9), "--store", target))
     proc = ok(run("store", "import", "-", "--store", target, input=small.read_bytes()))
     assert "5 new" in summary(proc)
     recs = records_with_vectors(target)
-    assert len(recs) == 8 and {r["vec"].shape for r in recs} == {(256,)}  # re-embedded
+    assert len(recs) == 8 and {r["vec"].shape for r in recs} == {(128,)}  # re-embedded
 
 
 def test_verify_good_store(store):

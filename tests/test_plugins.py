@@ -154,7 +154,7 @@ def test_broken_plugins_fail_only_when_selected(fake_registry: dict) -> None:
     assert len(report) == 1 and report[0].startswith("plugin noattr (memstack.embedders")
     assert "AttributeError" in report[0] and "MEMSTACK_LOAD_PLUGINS" in report[0]
     assert registry.broken_plugins_report() == []
-    assert registry.load_embedder("hash").dim == 256
+    assert registry.load_embedder("hash").dim == 128
 
 
 def test_load_caches_per_process(fake_registry: dict) -> None:
