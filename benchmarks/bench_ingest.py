@@ -67,7 +67,14 @@ def chroma_store(n: int, seed: int = 0, timeout: float = 1800) -> tuple[str, flo
                                               "--n", str(n), "--path", tmp],
                           timeout=timeout, poll=None)
 
-    return common.cached_build(f"chroma-{n}-s{seed}", build)
+    return common.cached_build(chroma_key(n, seed), build)
+
+
+def chroma_key(n: int, seed: int = 0) -> str:
+    """Cache name of a chromadb store: its vectors' dimension is part of what it holds."""
+    from memstack.core.embed import HashingEmbedder
+
+    return f"chroma-{n}-s{seed}-d{HashingEmbedder().dim}"
 
 
 # -- the benchmark ------------------------------------------------------------------------
@@ -111,7 +118,7 @@ def chroma_runs(jsonl: str, n: int, runs: int, keep_as_cache: bool = False
                                      for d, _, fs in os.walk(path) for f in fs)
             infos.append(out)
             if keep_as_cache and i == runs - 1:
-                dest = common.cache_path(f"chroma-{n}-s0")
+                dest = common.cache_path(chroma_key(n))
                 if not os.path.exists(os.path.join(dest, ".complete")):
                     import shutil
 
