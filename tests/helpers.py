@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import signal
 import struct
 import subprocess
 import sys
@@ -48,9 +49,16 @@ def run(*args: Any, input: bytes | None = None, cwd: Any = None, env: dict | Non
                           env=env or cli_env(), capture_output=True, timeout=timeout)
 
 
+def _default_sigint() -> None:
+    """A shell that started the test run in the background ignores SIGINT, and children
+    inherit that; Ctrl-C tests need the default disposition back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def popen(*args: Any, env: dict | None = None, **kw) -> subprocess.Popen:
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
+    kw.setdefault("preexec_fn", _default_sigint)
     return subprocess.Popen(MEMSTACK + [str(a) for a in args], env=env or cli_env(), **kw)
 
 
