@@ -139,9 +139,12 @@ class Prepared:
 def row_columns(records: list[dict], doc_len: np.ndarray, groups: np.ndarray) -> dict:
     """Column values of a batch of records (all but the namespace code)."""
     m = len(records)
+    t_event = np.fromiter((_time(r.get("t_event")) for r in records), np.float64, m)
+    same = all(r.get("valid_from") == r.get("t_event") for r in records)  # the usual case
     return {
-        "t_event": np.fromiter((_time(r.get("t_event")) for r in records), np.float64, m),
-        "valid_from": np.fromiter((_time(r.get("valid_from")) for r in records), np.float64, m),
+        "t_event": t_event,
+        "valid_from": t_event.copy() if same else np.fromiter(
+            (_time(r.get("valid_from")) for r in records), np.float64, m),
         "valid_to": np.fromiter((_time(r["valid_to"]) if r.get("valid_to") else math.inf
                                  for r in records), np.float64, m),
         "level": np.fromiter((LEVEL_CODE[r.get("level", "turn")] for r in records),

@@ -7,6 +7,7 @@ import os
 import time
 import unicodedata
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 FORMAT_NAME = "memstack"
@@ -24,9 +25,13 @@ def normalise_text(text: str) -> str:
 def source_position(source: dict) -> str:
     """Where in its source a memory was said: file name (not its directory, so the same
     file reached by another path is the same source), session and offset."""
-    uri = str(source.get("uri", ""))
-    base = uri.rstrip("/").rsplit("/", 1)[-1] if "://" not in uri else uri
-    return f"{base}#{source.get('session', '')}#{source.get('offset', '')}"
+    return f"{_base_name(str(source.get('uri', '')))}#{source.get('session', '')}#" \
+           f"{source.get('offset', '')}"
+
+
+@lru_cache(maxsize=1024)
+def _base_name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1] if "://" not in uri else uri
 
 
 def memory_id(ns: str, text: str, position: str = "") -> str:
