@@ -407,20 +407,6 @@ class LmdbStore:
             txn.put(key, arr.tobytes(), db=db)
             pos += take
 
-    def set_column(self, name: str, docnos: np.ndarray, values: np.ndarray, txn) -> None:
-        """Overwrite one column at the given docnos (used when validity or status changes)."""
-        db = self.dbs["cols"]
-        dtype = COLUMNS[name]
-        order = np.argsort(docnos, kind="stable")
-        docnos, values = np.asarray(docnos)[order], np.asarray(values, dtype=dtype)[order]
-        blocks = docnos // BLOCK_ROWS
-        for block in np.unique(blocks):
-            key = f"{name}:".encode() + _U32.pack(int(block))
-            arr = np.frombuffer(txn.get(key, db=db), dtype=dtype).copy()
-            sel = blocks == block
-            arr[docnos[sel] % BLOCK_ROWS] = values[sel]
-            txn.put(key, arr.tobytes(), db=db)
-
     def _write_vectors(self, txn, start: int, vecs: np.ndarray, codes: np.ndarray | None = None,
                        moments: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Append the batch's vectors as one contiguous segment (LMDB keeps a value's
@@ -570,11 +556,6 @@ class LmdbStore:
                 return len(terms)
             merged += self.write_batch(fn)
         return merged
-
-    def update_records(self, txn, records: list[dict]) -> None:
-        """Rewrite existing records (validity, links, meta); their id and docno stay."""
-        for rec in records:
-            txn.put(rec["id"].encode(), pack(rec), db=self.dbs["records"])
 
     def log_access(self, docnos: list[int]) -> None:
         """Append recall hits to the access log (decay and importance use it)."""

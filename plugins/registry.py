@@ -305,16 +305,6 @@ def _loaded_or_raise(entry: _Entry, name: str) -> Any:
     return result.value
 
 
-def load_all(group: str) -> dict[str, Any]:
-    """Every loadable plugin of a group by name; broken ones are skipped and reported later."""
-    out: dict[str, Any] = {}
-    for display, entry in _resolve(group).listed:
-        result = _load_entry(entry)
-        if result.ok:
-            out[display] = result.value
-    return out
-
-
 def _split_spec(group: str, spec: str) -> tuple[_Entry, str, str]:
     """(entry, name as given, arg) from ``name[:arg]`` or ``dist:name[:arg]``.
 
