@@ -11,6 +11,7 @@ from memstack import __version__
 from memstack.cli.bench import bench_group
 from memstack.cli.ingest import ingest_cmd
 from memstack.cli.plugins import plugins_cmd
+from memstack.cli.quantize import quantize_cmd
 from memstack.cli.recall import recall_cmd
 from memstack.cli.store import store_group
 
@@ -38,6 +39,7 @@ cli.add_command(ingest_cmd)
 cli.add_command(recall_cmd)
 cli.add_command(store_group)
 cli.add_command(plugins_cmd)
+cli.add_command(quantize_cmd)
 cli.add_command(bench_group)
 
 
