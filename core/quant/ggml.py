@@ -86,16 +86,32 @@ def q8_0(b: np.ndarray) -> np.ndarray:
     return out
 
 
+_TINY = np.float32(np.finfo(np.float32).tiny)
+
+
+def _clip_cast(y: np.ndarray, levels: int, d: np.ndarray, redo) -> np.ndarray:
+    """min(y, levels-1) then uint8: clipping in float first is SIMD (uint8 minimum is not) and
+    equal to the reference's cast-then-clip while 0 <= y. A subnormal scale can push y out of
+    range or to inf; those blocks are recomputed the reference's way."""
+    np.minimum(y, np.float32(levels - 1), out=y)
+    q = y.astype(np.uint8)
+    odd = (np.abs(d) < _TINY) & (d != 0)
+    if odd.any():
+        with np.errstate(invalid="ignore", over="ignore"):
+            q[:, odd] = np.minimum(redo(odd).astype(np.uint8), np.uint8(levels - 1))
+    return q
+
+
 def _q_sym(b: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
     """Shared part of Q4_0/Q5_0: d = max/-(levels/2), q = trunc(x/d + levels/2 + 0.5), clipped."""
     half = levels // 2
     bt = _columns(b)
     d = _signed_absmax(b, *_extremes(bt)) / np.float32(-half)
-    y = bt * _inverse(d)
+    inv = _inverse(d)
+    y = bt * inv
     y += np.float32(half + 0.5)
-    q = y.astype(np.uint8)
-    np.minimum(q, np.uint8(levels - 1), out=q)
-    return d, q
+    return d, _clip_cast(y, levels, d, lambda cols: bt[:, cols] * inv[cols] + np.float32(
+        half + 0.5))
 
 
 def _q_asym(b: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -103,12 +119,12 @@ def _q_asym(b: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     bt = _columns(b)
     mx, mn = _extremes(bt)
     d = (mx - mn) / np.float32(levels - 1)
+    inv = _inverse(d)
     y = bt - mn
-    y *= _inverse(d)
+    y *= inv
     y += np.float32(0.5)
-    q = y.astype(np.uint8)
-    np.minimum(q, np.uint8(levels - 1), out=q)
-    return d, mn, q
+    return d, mn, _clip_cast(y, levels, d, lambda cols: (bt[:, cols] - mn[cols]) * inv[cols]
+                             + np.float32(0.5))
 
 
 def q4_0(b: np.ndarray) -> np.ndarray:
@@ -130,7 +146,12 @@ def q4_1(b: np.ndarray) -> np.ndarray:
 
 def _high_bits(q: np.ndarray, out: np.ndarray) -> None:
     """Bit 4 of each of the 32 values, little-endian in a uint32 (ggml's qh)."""
-    out[:] = np.packbits(q >> np.uint8(4), axis=0, bitorder="little").T
+    h = (q >> np.uint8(4)).reshape(4, 8, -1)
+    h <<= _BIT_SHIFTS
+    out[:] = np.bitwise_or.reduce(h, axis=1).T
+
+
+_BIT_SHIFTS = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
 
 
 def q5_0(b: np.ndarray) -> np.ndarray:
