@@ -44,7 +44,8 @@ def _table(records, out) -> None:
 @click.command(name="quantize")
 @click.argument("source", required=False, type=click.Path(dir_okay=False))
 @click.option("-s", "--scheme", "schemes", default="q8_0", show_default=True,
-              help="Scheme, or a comma list with --report: q8_0 q4_0 q4_1 q5_0 q5_1 mx:fp4, "
+              help="Scheme, or a comma list with --report: q8_0 q4_0 q4_1 q5_0 q5_1 mx:fp4 "
+                   "q4_k q5_k q6_k, "
                    "nf4[:dq], mx:fp6|fp6e3m2|fp8|fp8e5m2|int8, bfp:M[:BLOCK][:outlier], "
                    "mixed:3|4, split:BASE[:K], f16 bf16 f32.")
 @click.option("-o", "--output", metavar="PATH",

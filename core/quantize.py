@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from memstack.core.errors import ConfigError, InputError
-from memstack.core.quant import ggml
 from memstack.core.quant.metrics import ErrorSums, error_sums
 from memstack.core.quant.schemes import (
     FloatScheme,
@@ -31,7 +30,7 @@ from memstack.formats.tensorfile import TensorEntry, TensorFile, open_tensor_fil
 
 # llama.cpp's general.file_type for a model quantized with one of these types
 FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9,
-             "bf16": 32, "mx:fp4": 38}
+             "q4_k": 15, "q5_k": 17, "q6_k": 18, "bf16": 32, "mx:fp4": 38}
 ODD_POLICIES = ("f16", "refuse")
 
 
@@ -177,7 +176,8 @@ def quantize_file(path: str, opts: QuantizeOptions, *,
         raise ConfigError("writing a file needs exactly one --scheme; use --report to compare")
     if kind == "gguf" and schemes[0].ggml_type is None:
         raise ConfigError(f"{schemes[0].spec} has no GGUF type that runtimes read; GGUF takes "
-                          "q8_0 q4_0 q4_1 q5_0 q5_1 mx:fp4 f16 bf16 f32 — write tensor records "
+                          "q8_0 q4_0 q4_1 q5_0 q5_1 mx:fp4 q4_k q5_k q6_k f16 bf16 f32; write "
+                          "tensor records "
                           "instead (-o out.msgpack)")
     if opts.odd not in ODD_POLICIES:
         raise ConfigError(f"--odd must be one of {ODD_POLICIES}")
@@ -272,7 +272,7 @@ def _gguf_nbytes(p: TensorPlan) -> tuple[int, int]:
     n = p.entry.numel
     s = p.scheme
     if isinstance(s, GgmlScheme):
-        return s.ggml_type, n // ggml.QK * ggml.TYPE_SIZE[s.kind]
+        return s.ggml_type, n // s.block * s.width
     if isinstance(s, FloatScheme):
         return s.ggml_type, n * (4 if s.spec == "f32" else 2)
     raise AssertionError(s.spec)

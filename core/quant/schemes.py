@@ -16,7 +16,7 @@ from math import ceil, log2
 import numpy as np
 
 from memstack.core.errors import ConfigError
-from memstack.core.quant import bits, ggml, grids
+from memstack.core.quant import bits, ggml, grids, kquants
 from memstack.core.quant.parallel import as_f32, default_threads, map_blocks
 
 
@@ -129,29 +129,31 @@ class FloatScheme(Scheme):
 # --- GGML ------------------------------------------------------------------------------------
 
 class GgmlScheme(Scheme):
-    """Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4: llama.cpp's bytes, blocks of 32."""
-
-    block = ggml.QK
+    """llama.cpp's types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4 (blocks of 32, byte-identical to
+    ggml's quantizer) and the K-quants Q4_K, Q5_K, Q6_K (super-blocks of 256)."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self.spec = "mx:fp4" if kind == "mxfp4" else kind
-        self.ggml_type = ggml.GGML_TYPE[kind]
+        mod = kquants if kind in kquants.QUANTIZERS else ggml
+        self.module = mod
+        self.block = kquants.QK_K if mod is kquants else ggml.QK
+        self.width = mod.TYPE_SIZE[kind]
+        self.ggml_type = mod.GGML_TYPE[kind]
 
     def quantize(self, w, *, bf16=False, threads=0):
         w = _rows(w)
         rows, cols = w.shape
-        width = ggml.TYPE_SIZE[self.kind]
-        blocks = w.reshape(-1, ggml.QK)
-        data = map_blocks(ggml.QUANTIZERS[self.kind], blocks, width, threads=threads, bf16=bf16,
-                          check=lambda c, first: _check_finite(c, first, ggml.QK))
+        blocks = w.reshape(-1, self.block)
+        data = map_blocks(self.module.QUANTIZERS[self.kind], blocks, self.width, threads=threads,
+                          bf16=bf16, check=lambda c, first: _check_finite(c, first, self.block))
         return QuantTensor(self.spec, (rows, cols), {"blocks": data.reshape(rows, -1)},
                            self.ggml_type)
 
     def dequantize(self, q):
         rows = q.shape[0]
-        width = ggml.TYPE_SIZE[self.kind]
-        return ggml.dequantize(self.kind, q.parts["blocks"].reshape(-1, width)).reshape(rows, -1)
+        blocks = q.parts["blocks"].reshape(-1, self.width)
+        return self.module.dequantize(self.kind, blocks).reshape(rows, -1)
 
 
 # --- NF4 -------------------------------------------------------------------------------------
@@ -425,8 +427,9 @@ class SplitScheme(Scheme):
 
 # --- parsing ---------------------------------------------------------------------------------
 
-SCHEME_HELP = ("q8_0 q4_0 q4_1 q5_0 q5_1 mx:fp4 | nf4[:dq] | mx:fp6|fp6e3m2|fp8|fp8e5m2|int8 | "
-               "bfp:M[:BLOCK][:outlier] | mixed:3|4 | split:BASE[:K] | f16 f32 bf16")
+SCHEME_HELP = ("q8_0 q4_0 q4_1 q5_0 q5_1 mx:fp4 q4_k q5_k q6_k | nf4[:dq] | "
+               "mx:fp6|fp6e3m2|fp8|fp8e5m2|int8 | bfp:M[:BLOCK][:outlier] | mixed:3|4 | "
+               "split:BASE[:K] | f16 f32 bf16")
 
 
 def parse_scheme(spec: str) -> Scheme:
@@ -434,7 +437,7 @@ def parse_scheme(spec: str) -> Scheme:
     parts = s.split(":")
     head = parts[0]
     try:
-        if s in ggml.QUANTIZERS and s != "mxfp4":
+        if (s in ggml.QUANTIZERS and s != "mxfp4") or s in kquants.QUANTIZERS:
             return GgmlScheme(s)
         if s in ("mx:fp4", "mxfp4"):
             return GgmlScheme("mxfp4")
