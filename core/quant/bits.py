@@ -14,6 +14,13 @@ def pack(codes: np.ndarray, nbits: int) -> np.ndarray:
         if flat.size % 2:
             flat = np.append(flat, np.uint8(0))
         return flat[0::2] | (flat[1::2] << np.uint8(4))
+    if nbits == 6 and flat.size % 4 == 0:  # 4 codes → 3 bytes, the same bits as below
+        c = flat.reshape(-1, 4)
+        out = np.empty((c.shape[0], 3), np.uint8)
+        out[:, 0] = c[:, 0] | (c[:, 1] << np.uint8(6))
+        out[:, 1] = (c[:, 1] >> np.uint8(2)) | (c[:, 2] << np.uint8(4))
+        out[:, 2] = (c[:, 2] >> np.uint8(4)) | (c[:, 3] << np.uint8(2))
+        return out.reshape(-1)
     bits = np.unpackbits(flat[:, None], axis=1, bitorder="little")[:, :nbits]
     return np.packbits(bits.reshape(-1), bitorder="little")
 
@@ -28,6 +35,14 @@ def unpack(data: np.ndarray, nbits: int, count: int) -> np.ndarray:
         out[0::2] = data & np.uint8(0x0F)
         out[1::2] = data >> np.uint8(4)
         return out[:count]
+    if nbits == 6 and count % 4 == 0 and data.size >= count // 4 * 3:
+        b = data[:count // 4 * 3].reshape(-1, 3)
+        out = np.empty((b.shape[0], 4), np.uint8)
+        out[:, 0] = b[:, 0] & np.uint8(0x3F)
+        out[:, 1] = (b[:, 0] >> np.uint8(6)) | ((b[:, 1] & np.uint8(0x0F)) << np.uint8(2))
+        out[:, 2] = (b[:, 1] >> np.uint8(4)) | ((b[:, 2] & np.uint8(0x03)) << np.uint8(4))
+        out[:, 3] = b[:, 2] >> np.uint8(2)
+        return out.reshape(-1)
     bits = np.unpackbits(data, bitorder="little")[:count * nbits].reshape(count, nbits)
     return np.packbits(bits, axis=1, bitorder="little")[:, 0]
 

@@ -37,13 +37,22 @@ def _copysign_half(y: np.ndarray) -> np.ndarray:
 
 
 def _columns(b: np.ndarray) -> np.ndarray:
-    """Blocks as rows (n, 32) → elements as rows (32, n): every later step is a long
-    contiguous vector operation instead of n reductions over 32 elements."""
-    return np.ascontiguousarray(b.T)
+    """Blocks as rows (n, 32) → (16, 2n): row r holds elements 2r and 2r+1 of every block,
+    side by side. Reductions and arithmetic become long contiguous vector operations, and
+    moving 8-byte pairs makes the transpose twice as fast as moving single floats."""
+    n = b.shape[0]
+    return np.ascontiguousarray(b.view(np.uint64).T).view(np.float32).reshape(16, 2 * n)
+
+
+def _per_block(v: np.ndarray) -> np.ndarray:
+    """A per-block vector spread over the two columns each block occupies."""
+    return np.repeat(v, 2)
 
 
 def _extremes(bt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return bt.max(axis=0), bt.min(axis=0)
+    mx = bt.max(axis=0)
+    mn = bt.min(axis=0)
+    return np.maximum(mx[0::2], mx[1::2]), np.minimum(mn[0::2], mn[1::2])
 
 
 def _absmax(mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
@@ -63,11 +72,17 @@ def _signed_absmax(b: np.ndarray, mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
     return out
 
 
+def _to_blocks(q: np.ndarray, out: np.ndarray) -> None:
+    """(rows, 2n) uint8 in the paired layout → out (n, 2*rows): byte 2r+p of block i is
+    q[r, 2i+p], so viewing pairs as uint16 makes it one plain transpose."""
+    out.view(np.uint16)[:] = q.view(np.uint16).T
+
+
 def _pack_nibbles(q: np.ndarray, out: np.ndarray) -> None:
-    """ggml's nibble order: byte j holds element j (low) and element j+16 (high); q is (32, n)."""
-    packed = q[16:] << np.uint8(4)
-    packed |= q[:16] & np.uint8(0x0F)
-    out[:] = packed.T
+    """ggml's nibble order: byte j holds element j (low) and element j+16 (high)."""
+    packed = q[8:] << np.uint8(4)
+    packed |= q[:8] & np.uint8(0x0F)
+    _to_blocks(packed, out)
 
 
 def _half_bytes(x: np.ndarray, out: np.ndarray) -> None:
@@ -79,9 +94,9 @@ def q8_0(b: np.ndarray) -> np.ndarray:
     out = np.empty((n, 34), np.uint8)
     bt = _columns(b)
     d = _absmax(*_extremes(bt)) / np.float32(127)
-    y = bt * _inverse(d)
+    y = bt * _per_block(_inverse(d))
     y += _copysign_half(y)  # round half away from zero, exact for every float32
-    out[:, 2:] = y.astype(np.int8).view(np.uint8).T
+    _to_blocks(y.astype(np.int8).view(np.uint8), out[:, 2:])
     _half_bytes(d, out[:, :2])
     return out
 
@@ -97,8 +112,9 @@ def _clip_cast(y: np.ndarray, levels: int, d: np.ndarray, redo) -> np.ndarray:
     q = y.astype(np.uint8)
     odd = (np.abs(d) < _TINY) & (d != 0)
     if odd.any():
+        cols = _per_block(odd)
         with np.errstate(invalid="ignore", over="ignore"):
-            q[:, odd] = np.minimum(redo(odd).astype(np.uint8), np.uint8(levels - 1))
+            q[:, cols] = np.minimum(redo(cols).astype(np.uint8), np.uint8(levels - 1))
     return q
 
 
@@ -107,7 +123,7 @@ def _q_sym(b: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
     half = levels // 2
     bt = _columns(b)
     d = _signed_absmax(b, *_extremes(bt)) / np.float32(-half)
-    inv = _inverse(d)
+    inv = _per_block(_inverse(d))
     y = bt * inv
     y += np.float32(half + 0.5)
     return d, _clip_cast(y, levels, d, lambda cols: bt[:, cols] * inv[cols] + np.float32(
@@ -119,11 +135,12 @@ def _q_asym(b: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     bt = _columns(b)
     mx, mn = _extremes(bt)
     d = (mx - mn) / np.float32(levels - 1)
-    inv = _inverse(d)
-    y = bt - mn
+    inv = _per_block(_inverse(d))
+    mn2 = _per_block(mn)
+    y = bt - mn2
     y *= inv
     y += np.float32(0.5)
-    return d, mn, _clip_cast(y, levels, d, lambda cols: (bt[:, cols] - mn[cols]) * inv[cols]
+    return d, mn, _clip_cast(y, levels, d, lambda cols: (bt[:, cols] - mn2[cols]) * inv[cols]
                              + np.float32(0.5))
 
 
@@ -144,14 +161,17 @@ def q4_1(b: np.ndarray) -> np.ndarray:
     return out
 
 
+_PAIR_SHIFTS = (np.arange(4, dtype=np.uint8) * 2).reshape(1, 4, 1)
+
+
 def _high_bits(q: np.ndarray, out: np.ndarray) -> None:
-    """Bit 4 of each of the 32 values, little-endian in a uint32 (ggml's qh)."""
-    h = (q >> np.uint8(4)).reshape(4, 8, -1)
-    h <<= _BIT_SHIFTS
-    out[:] = np.bitwise_or.reduce(h, axis=1).T
-
-
-_BIT_SHIFTS = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+    """Bit 4 of each of the 32 values, little-endian in a uint32 (ggml's qh): element
+    j = 2r+p sits in row r, column parity p, and lands in bit j."""
+    h = (q >> np.uint8(4)).reshape(4, 4, -1)  # (byte k, row r within it, 2n)
+    h <<= _PAIR_SHIFTS
+    h = np.bitwise_or.reduce(h, axis=1)  # (4, 2n): even columns hold bits 2r, odd 2r+1
+    packed = h[:, 0::2] | (h[:, 1::2] << np.uint8(1))
+    out[:] = packed.T
 
 
 def q5_0(b: np.ndarray) -> np.ndarray:
@@ -220,7 +240,7 @@ def mxfp4(b: np.ndarray) -> np.ndarray:
     d = e8m0_to_half(e)
     out[:, 0] = e
     t = np.abs(bt)
-    t *= _inverse(d) * np.float32(2)  # exact: 2/d is a power of two for normal scales
+    t *= _per_block(_inverse(d) * np.float32(2))  # exact: 2/d is a power of two
     np.ceil(t, out=t)
     np.minimum(t, np.float32(33), out=t)
     q = _MXFP4_LUT[t.astype(np.uint8)]
@@ -230,7 +250,8 @@ def mxfp4(b: np.ndarray) -> np.ndarray:
     # overflows to inf: both take the reference formula
     odd = (e < 24) | (e > 250)
     if odd.any():
-        q[:, odd] = _mxfp4_reference_codes(b[odd], d[odd]).T
+        ref = _mxfp4_reference_codes(b[odd], d[odd])  # (k, 32) → paired layout (16, 2k)
+        q[:, _per_block(odd)] = ref.reshape(-1, 16, 2).transpose(1, 0, 2).reshape(16, -1)
     _pack_nibbles(q, out[:, 1:])
     return out
 

@@ -243,7 +243,7 @@ class MxScheme(Scheme):
             if self.elem == "int8":
                 codes = np.clip(np.rint(v * 64), -127, 127).astype(np.int8).view(np.uint8)
             else:
-                mag = grids.round_to_magnitudes(np.abs(v), grids.minifloat_magnitudes(self.elem))
+                mag = grids.round_to_magnitudes(np.abs(v), self.elem)
                 codes = mag | ((v < 0).astype(np.uint8) << np.uint8(self.elem_bits - 1))
             return {"scales": (exp + 127).astype(np.uint8),
                     "codes": bits.pack(codes, self.elem_bits).reshape(x.shape[0], -1)}
