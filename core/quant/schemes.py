@@ -266,14 +266,19 @@ class MxScheme(Scheme):
 
 # --- block floating point with outlier-aware channel order ----------------------------------
 
-def magnitude_order(w: np.ndarray, bf16: bool) -> np.ndarray:
-    """Columns by descending max |w|, so outlier channels fill the same blocks."""
+def column_absmax(w: np.ndarray, bf16: bool) -> np.ndarray:
+    """max |w| of every input column, in one pass over row chunks."""
     w = _rows(w)
     colmax = np.zeros(w.shape[1], np.float32)
     step = max(1, (1 << 18) // max(w.shape[1], 1))
     for start in range(0, w.shape[0], step):
         np.maximum(colmax, np.abs(as_f32(w[start:start + step], bf16)).max(axis=0), out=colmax)
-    return np.argsort(-colmax, kind="stable").astype(np.int32)
+    return colmax
+
+
+def magnitude_order(w: np.ndarray, bf16: bool) -> np.ndarray:
+    """Columns by descending max |w|, so outlier channels fill the same blocks."""
+    return np.argsort(-column_absmax(w, bf16), kind="stable").astype(np.int32)
 
 
 def _perm_bits(cols: int) -> int:
@@ -386,22 +391,35 @@ class MixedScheme(Scheme):
 # --- outlier split ---------------------------------------------------------------------------
 
 class SplitScheme(Scheme):
-    """The K input columns of largest magnitude kept in F16 beside a base scheme (LLM.int8()'s
-    decomposition, at weight level); the base quantizes the rest with those columns zeroed."""
+    """Outlier input columns kept in F16 beside a base scheme (LLM.int8()'s decomposition, at
+    weight level); the base quantizes the rest with those columns zeroed.
+
+    By default the outliers are found, not guessed: columns whose largest |w| is over
+    OUTLIER_RATIO times the median column's, at most 1% of the columns. `split:BASE:K` fixes K.
+    """
+
+    OUTLIER_RATIO = 4.0
+    MAX_FRACTION = 0.01
 
     def __init__(self, base: Scheme, k: int | None):
         self.base, self.k = base, k
         self.block = base.block
         self.spec = f"split:{base.spec}" + (f":{k}" if k is not None else "")
 
-    def columns(self, cols: int) -> int:
-        return self.k if self.k is not None else max(1, round(cols * 0.004))
+    def outlier_columns(self, w: np.ndarray, bf16: bool) -> np.ndarray:
+        colmax = column_absmax(w, bf16)
+        order = np.argsort(-colmax, kind="stable")
+        if self.k is not None:
+            k = min(self.k, colmax.size)
+        else:
+            cap = max(1, int(np.ceil(colmax.size * self.MAX_FRACTION)))
+            k = min(cap, int((colmax > self.OUTLIER_RATIO * np.median(colmax)).sum()))
+        return np.sort(order[:k]).astype(np.int32)
 
     def quantize(self, w, *, bf16=False, threads=0):
         w = _rows(w)
-        k = min(self.columns(w.shape[1]), w.shape[1])
-        idx = np.sort(magnitude_order(w, bf16)[:k]).astype(np.int32)
-
+        idx = self.outlier_columns(w, bf16)
+        k = idx.size
         rows, cols = w.shape
         step = max(1, (1 << 18) // cols)
         out_cols = np.empty((rows, k), np.float16)
