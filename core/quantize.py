@@ -32,6 +32,7 @@ from memstack.formats.tensorfile import TensorEntry, TensorFile, open_tensor_fil
 FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9,
              "q4_k": 15, "q5_k": 17, "q6_k": 18, "bf16": 32, "mx:fp4": 38}
 ODD_POLICIES = ("f16", "refuse")
+GGUF_INTS = ("I8", "I16", "I32", "I64")  # GGUF integer tensors: not quantized, stored as F32
 
 
 @dataclass
@@ -66,10 +67,13 @@ def plan(tf: TensorFile, scheme: Scheme, opts: QuantizeOptions) -> list[TensorPl
     out = []
     for t in tf.tensors:
         keep_type = {"F16": "f16", "BF16": "bf16"}.get(t.dtype, "f32")
-        if not t.is_float and t.ggml_type is None:
-            out.append(TensorPlan(t, FloatScheme("f32"), f"{t.dtype} tensor copied as is"))
+        if not t.is_float and (t.ggml_type is None or t.dtype in GGUF_INTS):
+            out.append(TensorPlan(t, FloatScheme("f32"), f"{t.dtype} tensor stored as F32"))
         elif t.ggml_type is not None and not t.is_float and not _dequantizable(t):
-            out.append(TensorPlan(t, FloatScheme("f32"), f"{t.dtype} tensor copied as is"))
+            raise InputError(tf.path, f"tensor {t.name!r}", f"{t.dtype} cannot be read back to "
+                             "floats (the gguf package has no dequantizer for it)")
+        elif t.numel == 0:
+            out.append(TensorPlan(t, FloatScheme("f32"), "empty tensor"))
         elif any(fnmatch.fnmatchcase(t.name, pat) for pat in opts.keep):
             out.append(TensorPlan(t, FloatScheme(keep_type), "kept (--keep)"))
         elif len(t.shape) < 2 or scheme.spec in FloatScheme.TYPES:
@@ -104,7 +108,7 @@ def _dequantizable(t: TensorEntry) -> bool:
 def _float_rows(t: TensorEntry) -> tuple[np.ndarray, bool]:
     """The tensor as rows × cols in its source dtype (bf16 as raw uint16) and the bf16 flag."""
     raw = t.load()
-    if not t.is_float:
+    if not t.is_float and t.ggml_type is not None and t.dtype not in GGUF_INTS:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
@@ -118,6 +122,9 @@ def _quantize_entry(tf: TensorFile, p: TensorPlan, threads: int) -> tuple[QuantT
     rows, bf16 = _float_rows(p.entry)
     if rows.dtype == np.float64:
         rows = rows.astype(np.float32)
+    if rows.size == 0:  # the schemes need at least one row
+        return QuantTensor("f32", rows.shape, {"data": np.zeros(rows.shape, np.float32)}, 0), \
+            rows, False
     try:
         q = p.scheme.quantize(rows, bf16=bf16, threads=threads)
     except NonFiniteError as exc:

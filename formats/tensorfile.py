@@ -105,11 +105,18 @@ def _drop_pages(arr: np.ndarray) -> None:
             pass
 
 
+def _check_numeric(path: str, where: str, dtype: np.dtype) -> None:
+    """Only numbers can be quantized: refuse strings, records, complex and dates up front."""
+    if dtype.kind not in "biuf":
+        raise InputError(path, where, f"unsupported dtype {dtype} (float, int or bool only)")
+
+
 def _open_npy(path: str) -> TensorFile:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(path, "header", f"not a readable .npy file ({exc})") from None
+    _check_numeric(path, "header", arr.dtype)
     name = os.path.splitext(os.path.basename(path))[0]
     entry = TensorEntry(name, tuple(arr.shape), _dtype_name(arr.dtype), lambda: arr, arr.nbytes,
                         release=lambda: _drop_pages(arr))
@@ -129,6 +136,7 @@ def _open_npz(path: str) -> TensorFile:
                 shape, _, dtype = read(fp)
             if dtype.hasobject:
                 raise InputError(path, m.filename, "object arrays are refused (no pickle)")
+            _check_numeric(path, m.filename, dtype)
             name = m.filename[:-4]
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 

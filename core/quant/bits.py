@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -64,3 +66,23 @@ def unpack_index(data: np.ndarray, nbits: int, count: int) -> np.ndarray:
     full = np.zeros((count, 32), np.uint8)
     full[:, :nbits] = raw.reshape(count, nbits)
     return np.packbits(full, axis=1, bitorder="little").view(np.uint32).reshape(-1).astype(np.int64)
+
+
+def _row_multiple(nbits: int) -> int:
+    return 8 // math.gcd(8, nbits)
+
+
+def pack_rows(codes: np.ndarray, nbits: int) -> np.ndarray:
+    """(rows, n) codes → whole bytes per row: each row is padded with the fewest codes that
+    make n*nbits a multiple of 8 (none when it already is; the padding is counted)."""
+    rows, n = codes.shape
+    pad = (-n) % _row_multiple(nbits)
+    if pad:
+        codes = np.concatenate([codes, np.zeros((rows, pad), np.uint8)], axis=1)
+    return pack(codes, nbits).reshape(rows, -1)
+
+
+def unpack_rows(data: np.ndarray, nbits: int, n: int) -> np.ndarray:
+    rows = data.shape[0]
+    width = n + (-n) % _row_multiple(nbits)
+    return unpack(data, nbits, rows * width).reshape(rows, width)[:, :n]

@@ -134,6 +134,10 @@ def _q_asym(b: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     """Shared part of Q4_1/Q5_1: d = (max-min)/(levels-1), q = trunc((x-min)/d + 0.5)."""
     bt = _columns(b)
     mx, mn = _extremes(bt)
+    zero = (mx == 0) | (mn == 0)  # which signed zero max()/min() return depends on order:
+    if zero.any():                # take the reference's own reductions for those blocks
+        mx[zero] = b[zero].max(axis=-1)
+        mn[zero] = b[zero].min(axis=-1)
     d = (mx - mn) / np.float32(levels - 1)
     inv = _per_block(_inverse(d))
     mn2 = _per_block(mn)

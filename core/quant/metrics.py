@@ -50,25 +50,37 @@ class ErrorSums:
         self.max_abs = max(self.max_abs, other.max_abs)
 
     def report(self) -> dict:
+        """Plain JSON numbers: a value that is not finite (an overflowed reconstruction) is
+        None, and a lossless tensor says so instead of an infinite SNR."""
+        with np.errstate(all="ignore"):
+            cosine = (self.dot / math.sqrt(self.signal * self.approx)
+                      if self.signal > 0 and self.approx > 0 else
+                      (1.0 if self.signal == self.approx else 0.0))
         out = {
-            "rmse": math.sqrt(self.noise / self.n) if self.n else 0.0,
+            "rmse": _finite(math.sqrt(self.noise / self.n) if self.n else 0.0),
             "snr_db": _db(self.signal, self.noise),
-            "max_abs": self.max_abs,
-            "cosine": (self.dot / math.sqrt(self.signal * self.approx)
-                       if self.signal > 0 and self.approx > 0 else
-                       (1.0 if self.signal == self.approx else 0.0)),
+            "max_abs": _finite(self.max_abs),
+            "cosine": _finite(cosine),
         }
+        if self.noise == 0:
+            out["lossless"] = True
         if self.act_n:
-            out["act_rmse"] = math.sqrt(self.act_noise / self.act_n)
+            out["act_rmse"] = _finite(math.sqrt(self.act_noise / self.act_n))
             out["act_snr_db"] = _db(self.act_signal, self.act_noise)
         return out
 
 
-def _db(signal: float, noise: float) -> float:
-    if noise <= 0:
-        return math.inf
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _db(signal: float, noise: float) -> float | None:
+    """SNR in dB; None where it is not a number JSON can carry: no error at all (lossless),
+    or an overflowed (inf) error."""
+    if noise <= 0 or not math.isfinite(noise) or not math.isfinite(signal):
+        return None
     if signal <= 0:
-        return -math.inf
+        return None
     return 10 * math.log10(signal / noise)
 
 

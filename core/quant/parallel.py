@@ -46,7 +46,8 @@ def map_blocks(kernel: Callable[[np.ndarray], np.ndarray], blocks: np.ndarray, w
         chunk = as_f32(blocks[start:start + step], bf16)
         if check is not None:
             check(chunk, start)
-        out[start:start + chunk.shape[0]] = kernel(chunk)
+        with np.errstate(all="ignore"):  # inf scales from huge weights are ggml's result too
+            out[start:start + chunk.shape[0]] = kernel(chunk)
 
     starts = range(0, n, step)
     threads = threads or default_threads()

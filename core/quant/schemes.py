@@ -83,8 +83,12 @@ def map_rows(fn: Callable[[np.ndarray, int], dict[str, np.ndarray]], w: np.ndarr
     def run(start: int) -> dict[str, np.ndarray]:
         chunk = as_f32(w[start:start + step], bf16)
         _check_finite(chunk, start, cols)
-        return fn(chunk, start)
+        with np.errstate(all="ignore"):
+            return fn(chunk, start)
 
+    if rows == 0:  # run on one zero row for the part shapes, keep none of it
+        with np.errstate(all="ignore"):
+            return {k: v[:0] for k, v in fn(np.zeros((1, cols), np.float32), 0).items()}
     starts = list(range(0, rows, step))
     threads = threads or default_threads()
     if threads == 1 or len(starts) == 1:
@@ -147,13 +151,15 @@ class GgmlScheme(Scheme):
         blocks = w.reshape(-1, self.block)
         data = map_blocks(self.module.QUANTIZERS[self.kind], blocks, self.width, threads=threads,
                           bf16=bf16, check=lambda c, first: _check_finite(c, first, self.block))
-        return QuantTensor(self.spec, (rows, cols), {"blocks": data.reshape(rows, -1)},
+        return QuantTensor(self.spec, (rows, cols),
+                           {"blocks": data.reshape(rows, cols // self.block * self.width)},
                            self.ggml_type)
 
     def dequantize(self, q):
-        rows = q.shape[0]
+        rows, cols = q.shape
         blocks = q.parts["blocks"].reshape(-1, self.width)
-        return self.module.dequantize(self.kind, blocks).reshape(rows, -1)
+        with np.errstate(all="ignore"):
+            return self.module.dequantize(self.kind, blocks).reshape(rows, cols)
 
 
 # --- NF4 -------------------------------------------------------------------------------------
@@ -186,7 +192,7 @@ class Nf4Scheme(Scheme):
 
     def _double(self, absmax: np.ndarray) -> dict[str, np.ndarray]:
         flat = absmax.reshape(-1).astype(np.float32)
-        offset = np.float32(flat.mean())
+        offset = np.float32(flat.mean()) if flat.size else np.float32(0)
         pad = (-flat.size) % self.DQ_BLOCK
         c = np.concatenate([flat - offset, np.zeros(pad, np.float32)]).reshape(-1, self.DQ_BLOCK)
         scale = (np.abs(c).max(axis=1) / 127).astype(np.float32)
@@ -205,7 +211,8 @@ class Nf4Scheme(Scheme):
 
     def dequantize(self, q):
         rows, cols = q.shape
-        codes = bits.unpack(q.parts["codes"], 4, rows * cols).reshape(rows, -1, self.block)
+        codes = bits.unpack(q.parts["codes"], 4, rows * cols).reshape(
+            rows, cols // self.block, self.block)
         return (grids.NF4[codes] * self._absmax(q)[..., None]).reshape(rows, cols)
 
 
@@ -261,7 +268,8 @@ class MxScheme(Scheme):
             vals = mags[np.minimum(codes & (sign_bit - 1), mags.size - 1)]
             vals = np.where(codes & sign_bit, -vals, vals)
         scale = np.ldexp(np.float32(1), q.parts["scales"].astype(np.int32) - 127)
-        return (vals.reshape(rows, -1, self.block) * scale[..., None]).reshape(rows, cols)
+        vals = vals.reshape(rows, cols // self.block, self.block)
+        return (vals * scale[..., None]).reshape(rows, cols)
 
 
 # --- block floating point with outlier-aware channel order ----------------------------------
@@ -317,8 +325,8 @@ class BfpScheme(Scheme):
             step = np.ldexp(np.float32(1), e - (self.mbits - 1)).astype(np.float32)
             q = np.clip(np.rint(b / step[..., None]), -qmax, qmax).astype(np.int16)
             return {"exps": (e + 126).astype(np.uint8),
-                    "codes": bits.pack((q + qmax).astype(np.uint8), self.mbits)
-                    .reshape(x.shape[0], -1)}
+                    "codes": bits.pack_rows((q + qmax).astype(np.uint8).reshape(x.shape[0], -1),
+                                            self.mbits)}
         parts = map_rows(fn, w, bf16=bf16, threads=threads)
         if perm is not None:
             parts["perm"] = bits.pack_index(perm, _perm_bits(perm.size))
@@ -327,9 +335,10 @@ class BfpScheme(Scheme):
     def dequantize(self, q):
         rows, cols = q.shape
         qmax = (1 << (self.mbits - 1)) - 1
-        codes = bits.unpack(q.parts["codes"], self.mbits, rows * cols).astype(np.float32) - qmax
+        codes = bits.unpack_rows(q.parts["codes"], self.mbits, cols).astype(np.float32) - qmax
         step = np.ldexp(np.float32(1), q.parts["exps"].astype(np.int32) - 126 - (self.mbits - 1))
-        x = (codes.reshape(rows, -1, self.block) * step[..., None]).reshape(rows, cols)
+        codes = codes.reshape(rows, cols // self.block, self.block)
+        x = (codes * step[..., None]).reshape(rows, cols)
         if "perm" in q.parts:
             perm = bits.unpack_index(q.parts["perm"], _perm_bits(cols), cols)
             out = np.empty_like(x)
@@ -372,7 +381,7 @@ class MixedScheme(Scheme):
                 best_scale = np.where(better, scale, best_scale)
                 best_type[better] = t
             rows = x.shape[0]
-            return {"types": bits.pack(best_type, 2).reshape(rows, -1),
+            return {"types": bits.pack_rows(best_type, 2),
                     "scales": best_scale,
                     "codes": bits.pack(best_codes, self.nbits).reshape(rows, -1)}
         return QuantTensor(self.spec, tuple(_rows(w).shape),
@@ -381,8 +390,9 @@ class MixedScheme(Scheme):
     def dequantize(self, q):
         rows, cols = q.shape
         groups = cols // self.block
-        types = bits.unpack(q.parts["types"], 2, rows * groups).reshape(rows, groups)
-        codes = bits.unpack(q.parts["codes"], self.nbits, rows * cols).reshape(rows, groups, -1)
+        types = bits.unpack_rows(q.parts["types"], 2, groups)
+        codes = bits.unpack(q.parts["codes"], self.nbits, rows * cols).reshape(
+            rows, groups, self.block)
         table = np.stack(self.grids)  # (4, 2**nbits)
         vals = table[types[..., None], codes]
         return (vals * q.parts["scales"].astype(np.float32)[..., None]).reshape(rows, cols)
@@ -404,7 +414,13 @@ class SplitScheme(Scheme):
     def __init__(self, base: Scheme, k: int | None):
         self.base, self.k = base, k
         self.block = base.block
-        self.spec = f"split:{base.spec}" + (f":{k}" if k is not None else "")
+        self.spec = f"split:{base.spec}"
+        if k is not None:  # a bare :K unless BASE:K would read as another base scheme
+            try:
+                parse_scheme(f"{base.spec}:{k}")
+                self.spec += f":k={k}"
+            except ConfigError:
+                self.spec += f":{k}"
 
     def outlier_columns(self, w: np.ndarray, bf16: bool) -> np.ndarray:
         colmax = column_absmax(w, bf16)
@@ -475,20 +491,34 @@ def parse_scheme(spec: str) -> Scheme:
                     raise ValueError
                 return BfpScheme(int(nums[0]), block, outlier)
         if head == "mixed" and len(parts) in (2, 3):
-            return MixedScheme(int(parts[1]), int(parts[2]) if len(parts) == 3 else 128)
-        if head == "split" and len(parts) >= 2:
-            k = None
-            rest = parts[1:]
-            if len(rest) > 1 and rest[-1].isdigit():
-                k = int(rest[-1])
-                rest = rest[:-1]
-            base = parse_scheme(":".join(rest))
-            if isinstance(base, SplitScheme):
+            group = int(parts[2]) if len(parts) == 3 else 128
+            if group < 1:
                 raise ValueError
-            return SplitScheme(base, k)
+            return MixedScheme(int(parts[1]), group)
+        if head == "split" and len(parts) >= 2:
+            return _parse_split(parts[1:])
     except ValueError:
         pass
     raise ConfigError(f"unknown scheme {spec!r}; known: {SCHEME_HELP}")
+
+
+def _parse_split(rest: list[str]) -> SplitScheme:
+    """split:BASE, split:BASE:k=N, or split:BASE:N when BASE:N is not itself a scheme
+    (so split:mixed:4 is mixed:4, and split:bfp:4:16 is bfp:4 with a 16-wide block)."""
+    k = None
+    if rest[-1].startswith("k="):
+        k, rest = int(rest[-1][2:]), rest[:-1]
+    elif len(rest) > 1 and rest[-1].isdigit():
+        try:
+            base = parse_scheme(":".join(rest))
+        except ConfigError:
+            k, rest = int(rest[-1]), rest[:-1]
+    if not rest or (k is not None and k < 0):
+        raise ValueError
+    base = parse_scheme(":".join(rest))
+    if isinstance(base, SplitScheme):
+        raise ValueError
+    return SplitScheme(base, k)
 
 
 def scheme_of(q: QuantTensor) -> Scheme:
