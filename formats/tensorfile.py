@@ -202,9 +202,17 @@ def _open_safetensors(path: str) -> TensorFile:
         spans.append((offs[0], offs[1], name))
         entries.append((name, tuple(shape), dt, offs[0], nbytes))
     spans.sort()
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
-        if start < end:
-            raise InputError(path, f"tensor {b!r}", f"data overlaps tensor {a!r}")
+    at, prev = 0, None  # the format packs tensors back to back: no overlap, hole or tail
+    for start, end, name in spans:
+        if start < at:
+            raise InputError(path, f"tensor {name!r}", f"data overlaps tensor {prev!r}")
+        if start > at:
+            raise InputError(path, f"tensor {name!r}", f"{start - at} unclaimed bytes before "
+                             f"its data at byte {data_start + at}")
+        at, prev = end, name
+    if at != data_size:
+        raise InputError(path, f"byte {data_start + at}", f"{data_size - at} bytes after the "
+                         "last tensor's data: not a safetensors file, or a damaged one")
     if any(n for *_, n in entries):
         fd = os.open(path, os.O_RDONLY)
         try:

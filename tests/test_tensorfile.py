@@ -306,6 +306,16 @@ def test_overlapping_tensors(tmp_path: Path) -> None:
     _refused(write_st(tmp_path / "b.safetensors", header, bytes(48)), "overlaps")
 
 
+def test_holes_and_trailing_bytes_are_refused(tmp_path: Path) -> None:
+    header = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+              "b": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]}}
+    _refused(write_st(tmp_path / "hole.safetensors", header, bytes(20)), "'b'", "unclaimed")
+    header = {"b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}
+    _refused(write_st(tmp_path / "lead.safetensors", header, bytes(12)), "'b'", "unclaimed")
+    header = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+    _refused(write_st(tmp_path / "tail.safetensors", header, bytes(16)), "8 bytes after")
+
+
 def test_zero_sized_tensor_and_adjacent_tensors_are_fine(tmp_path: Path) -> None:
     header = {"a": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]},
               "z": {"dtype": "F32", "shape": [0, 4], "data_offsets": [32, 32]},
