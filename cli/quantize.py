@@ -14,7 +14,6 @@ from memstack.cli.common import (
     quiet_option,
     refuse_binary_tty,
     resolve_format,
-    store_path,
 )
 
 REPORT_COLUMNS = (("tensor", 28, "s"), ("scheme", 14, "s"), ("bpw", 7, ".3f"),
@@ -70,11 +69,14 @@ def _table(records, out) -> None:
               help="Quantize this store's vectors instead of a tensor file (with --vectors).")
 @click.option("--vectors", type=click.Choice(["int8", "binary", "q4", "float"]),
               help="Store vectors scheme; recall then scans them (float removes the copy).")
+@click.option("--drop-float", is_flag=True,
+              help="With --vectors int8|q4: drop the float32 vectors (recall then re-ranks with "
+                   "decoded ones; `store compact` returns the space).")
 @lock_timeout_option
 @format_option(("auto", "msgpack", "jsonl", "table"))
 @quiet_option
 def quantize_cmd(source, schemes, output, report, calib, keep, odd, allow_requantize, threads,
-                 force, store, vectors, lock_timeout, format_, quiet) -> None:
+                 force, store, vectors, drop_float, lock_timeout, format_, quiet) -> None:
     """Quantize model weights into block formats, or a store's vectors.
 
     \b
@@ -86,7 +88,7 @@ def quantize_cmd(source, schemes, output, report, calib, keep, odd, allow_requan
         memstack quantize --store mem.lmdb --vectors int8
     """
     if store is not None or vectors is not None:
-        _store_vectors(source, store, vectors, lock_timeout, format_, quiet)
+        _store_vectors(source, store, vectors, drop_float, lock_timeout, quiet)
         return
     if source is None:
         raise click.UsageError("give a tensor file (npy, npz, safetensors, GGUF), or "
@@ -139,15 +141,24 @@ def quantize_cmd(source, schemes, output, report, calib, keep, odd, allow_requan
                    f"{time.perf_counter() - started:.1f} s", err=True)
 
 
-def _store_vectors(source, store, vectors, lock_timeout, format_, quiet) -> None:
+def _store_vectors(source, store, vectors, drop_float, lock_timeout, quiet) -> None:
     if source is not None:
         raise click.UsageError("--store/--vectors quantize a store; do not also give a file")
     if vectors is None:
         raise click.UsageError("--store needs --vectors int8|binary|q4|float")
-    from memstack.core.vector_quant import quantize_store_vectors
+    from memstack.cli.common import open_store
+    from memstack.core.vector_quant import check_scheme, quantize_vectors
 
-    summary = quantize_store_vectors(store_path(store), vectors, lock_timeout=lock_timeout)
+    check_scheme(vectors)  # a bad name fails before the writer lock is taken
+    st = open_store(store, write=True, lock_timeout=lock_timeout)
+    summary = quantize_vectors(st, vectors, keep_float=not drop_float)
     if not quiet:
-        parts = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in summary.items())
-        click.echo(f"memstack: store vectors → {vectors}: {parts}", err=True)
+        if summary.get("scheme") in (None, "float", "none"):
+            click.echo(f"memstack: {st.path}: vectors are float32 only", err=True)
+            return
+        done = "quantized" if summary.get("changed") else "already quantized"
+        click.echo(f"memstack: {st.path}: {summary['vectors']} vectors {done} to "
+                   f"{summary['scheme']}: {summary['bytes_per_vector']} bytes each, "
+                   f"{summary['ratio']:.1f}x fewer than float32"
+                   + ("" if summary.get("keep_float") else " (float copies dropped)"),
+                   err=True)

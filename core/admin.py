@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import lmdb
 import numpy as np
 
+from memstack.core import vector_quant
 from memstack.core.errors import StoreError
 from memstack.core.store import (
     BLOCK_ROWS,
@@ -41,6 +42,7 @@ def stats(store: LmdbStore) -> dict:
             current = int(np.isinf(snap.column("valid_to")).sum())
             tokens = int(snap.column("tokens").sum())
         terms = snap.txn.stat(store.dbs["postings"])["entries"]
+        vectors = vector_quant.describe(snap)
     info = store.env.info()
     disk = os.path.getsize(os.path.join(store.path, "data.mdb"))
     return {
@@ -49,7 +51,7 @@ def stats(store: LmdbStore) -> dict:
         "levels": dict(sorted(by_level.items())), "posting_segments": terms,
         "bytes_on_disk": disk, "map_size": info["map_size"],
         "embedder": store.meta.get("embedder"), "tokenizer": store.meta.get("tokenizer"),
-        "schema": store.meta.get("schema"),
+        "schema": store.meta.get("schema"), "vectors": vectors,
     }
 
 
@@ -100,7 +102,8 @@ def verify(store: LmdbStore) -> list[str]:
                     if raw is None or len(raw) != BLOCK_ROWS * np.dtype(COLUMNS[name]).itemsize:
                         problems.append(f"column {name}: block {b} missing or wrong size")
             dim = (store.meta.get("embedder") or {}).get("dim")
-            if n and dim:
+            problems += vector_quant.verify(snap)
+            if n and dim and not snap.floats_dropped:
                 expect = 0
                 for key, raw in txn.cursor(db=dbs["vectors"]):
                     start = int.from_bytes(bytes(key), "big")
@@ -115,6 +118,7 @@ def verify(store: LmdbStore) -> list[str]:
                 else:
                     if expect != n:
                         problems.append(f"vectors: {expect} rows stored, stats say {n}")
+            if n and dim:
                 row_bytes = CODE_BITS // 8
                 expect = 0
                 for key, raw in txn.cursor(db=dbs["codes"]):

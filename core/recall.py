@@ -185,6 +185,13 @@ class Searcher:
             np.matmul(block, q, out=out[lo : lo + len(block)])
         return out
 
+    def query_vector(self, query: str) -> np.ndarray:
+        """The query's embedding as search() makes it (IDF weights from the store's BM25
+        statistics), for vector-only comparisons such as a scheme's recall."""
+        with self.store.snapshot() as snap:
+            _, idf = self._bm25(snap, self.analyzer.terms(query))
+            return self._query_vector(query, idf, snap.n)
+
     def _query_vector(self, query: str, idf: dict[str, float], n: int) -> np.ndarray:
         if getattr(self.embedder, "uses_idf", False):
             default = math.log(1.0 + n)
@@ -234,9 +241,18 @@ class Searcher:
         bm25, idf = self._bm25(snap, terms)
         q = self._query_vector(query, idf, n)
         vec, approx = None, False
+        vq = snap.vector_quant
+        if vq is not None and vq["dim"] != len(q):
+            vq = None
         if np.any(q):
             planes = self.store.meta.get("simhash")
-            if n >= BINARY_MIN and planes is not None and planes.shape[1] == len(q):
+            if vq is not None:
+                # scan the quantized copy; with the floats kept, the candidates are re-scored
+                # exactly below (as on the SimHash path), else the decoded scores stand
+                from memstack.core.vector_quant import scan
+
+                vec, approx = scan(snap, q), bool(vq["keep_float"])
+            elif n >= BINARY_MIN and planes is not None and planes.shape[1] == len(q):
                 vec, approx = self._hamming(snap, q, planes), True
             else:
                 vec = self._vectors(snap, q)
@@ -244,12 +260,16 @@ class Searcher:
         zv = _zstats(vec, every) if vec is not None else None
         if approx:  # exact mean and spread of the cosines, from the stored vector moments
             zv = self._exact_zstats(snap, q, every)
-        cand = self._candidates(snap, bm25 if zb else None, vec, every, o, approx)
+        # a coarse scan (SimHash, binary codes) offers twice the vector candidates; int8 and
+        # q4 rank nearly exactly already
+        wide = approx and (vq is None or vq["scheme"] == "binary")
+        cand = self._candidates(snap, bm25 if zb else None, vec, every, o, wide)
         # fused scores of the candidates and of their neighbours (for the neighbour share)
         ext = _sorted_unique(np.concatenate([cand - 1, cand, cand + 1]).clip(0, n - 1))
         f_ext = np.zeros(len(ext), dtype=np.float32)
         if zb:
             f_ext += (bm25[ext] - zb[0]) * zb[1]
+        v_ext = None
         if zv:
             # on the SimHash path the candidates are re-scored with their exact vectors
             v_ext = snap.vectors_at(ext, len(q)) @ q if approx else vec[ext]
@@ -297,6 +317,10 @@ class Searcher:
                       "terms": terms}
                 if vec is not None:
                     ex.update(vec=float(vec[d]), vec_rank=_rank_of(vec, every, d))
+                    if vq is not None:  # rank by the scanned copy, score exact where re-scored
+                        if approx and v_ext is not None:
+                            ex["vec"] = float(v_ext[np.searchsorted(ext, d)])
+                        ex["vec_scheme"] = vq["scheme"]
                 if bonus is not None:
                     ex["neighbour"] = float(bonus[i])
                 if recency is not None:

@@ -8,6 +8,8 @@ Layout (named databases):
            one segment per ingest batch, small ones merged by optimize()
   codes    first docno (BE) -> SimHash sign bits of the same rows (uint64 words), so recall
            on a big store scans 32 bytes a memory before it re-scores the best exactly
+  qvectors (only once `quantize_vectors` set a scheme in meta["vector_quant"]) the same
+           segments quantized (int8, q4 or binary, see core/vector_quant.py), same keys
   postings term + 0x00 + segment (BE) -> uint32 docnos then uint16 term frequencies
   meta     schema, embedder, tokenizer, stats, namespace codes
   log      access log for decay (time_ns BE + docno BE -> b"")
@@ -43,6 +45,7 @@ SMALL_SEGMENT_BYTES = 4 << 20  # segments below this (from small batches) are me
 CODE_BITS = 256  # SimHash bits per vector: the prefilter of recall on big stores
 SEGMENT_MAX = 65536
 DB_NAMES = ("records", "docnos", "ids", "cols", "vectors", "codes", "postings", "meta", "log")
+QVECTORS = "qvectors"  # made on demand: stores that were never quantized do not have it
 COLUMNS = {
     "ns": np.uint32,
     "t_event": np.float64,
@@ -167,6 +170,7 @@ class LmdbStore:
         self.path = os.path.abspath(path)
         self.write = write
         self._lock_fd: int | None = None
+        self._qdb = None
         if not os.path.isdir(self.path):
             if not create:
                 raise StoreError(f"{path}: no store here (create one with `memstack ingest`)")
@@ -183,7 +187,7 @@ class LmdbStore:
             self._lock(lock_timeout)
         want = map_size or int(os.environ.get("MEMSTACK_MAP_SIZE", DEFAULT_MAP_SIZE))
         try:
-            self.env = lmdb.open(self.path, map_size=want, max_dbs=len(DB_NAMES) + 2,
+            self.env = lmdb.open(self.path, map_size=want, max_dbs=len(DB_NAMES) + 3,
                                  max_readers=1024, subdir=True, readonly=not write,
                                  max_spare_txns=4)
         except lmdb.Error as exc:
@@ -203,6 +207,11 @@ class LmdbStore:
             self.close()
             raise StoreError(f"{path}: corrupt store ({_lmdb_reason(exc)})") from None
         self.meta = self._read_meta()
+        try:
+            self.qvectors_db()
+        except lmdb.Error as exc:
+            self.close()
+            raise StoreError(f"{path}: corrupt store ({_lmdb_reason(exc)})") from None
         if self.meta.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
             self.close()
             raise StoreError(f"{path}: store schema {self.meta['schema']} is newer than this "
@@ -257,6 +266,24 @@ class LmdbStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def qvectors_db(self, create: bool = False):
+        """The handle of the quantized-vector database, or None while it does not exist.
+
+        Opened outside any transaction (a handle opened later is unusable in transactions
+        begun before it), and retried by snapshot() when another process made it."""
+        for attempt in range(3):
+            if self._qdb is not None:
+                break
+            try:
+                self._qdb = self.env.open_db(QVECTORS.encode(), create=create and self.write)
+            except lmdb.NotFoundError:
+                return None
+            except lmdb.MapResizedError:  # another process grew the map: adopt its size
+                self.env.set_mapsize(0)
+                if attempt == 2:
+                    raise
+        return self._qdb
 
     # -- meta and identity -------------------------------------------------------------
     def _read_meta(self) -> dict:
@@ -415,7 +442,17 @@ class LmdbStore:
         make them (in the worker processes), else they are made here."""
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         key = _U32.pack(start)
-        txn.put(key, vecs.tobytes(), db=self.dbs["vectors"], append=True)
+        vq = self.meta.get("vector_quant")
+        if vq is None or vq["keep_float"]:
+            txn.put(key, vecs.tobytes(), db=self.dbs["vectors"], append=True)
+        if vq is not None:  # the quantized twin, in the same transaction: never behind
+            from memstack.core.vector_quant import encode
+
+            qdb = self.qvectors_db()
+            if qdb is None:
+                raise StoreError(f"{self.path}: meta names vector scheme {vq['scheme']!r} but "
+                                 "the qvectors database is missing; run `memstack store verify`")
+            txn.put(key, encode(vq["scheme"], vecs).tobytes(), db=qdb, append=True)
         if codes is None:
             codes = simhash(vecs, self.simhash_planes(vecs.shape[1], txn))
         txn.put(key, np.ascontiguousarray(codes).tobytes(), db=self.dbs["codes"], append=True)
@@ -443,10 +480,14 @@ class LmdbStore:
                 self.write_batch(lambda t: self._put_meta(t, "simhash", planes))
         return planes
 
-    def merge_segments(self, dbname: str, join=None) -> int:
+    def merge_segments(self, dbname: str, join=None, follow=None) -> int:
         """Fold runs of small segments (from small batches) into segments of up to
-        SEGMENT_BYTES; big segments are left alone. Returns the number of runs merged."""
-        db = self.dbs[dbname]
+        SEGMENT_BYTES; big segments are left alone. Returns the number of runs merged.
+
+        `follow` (a database handle) has segments under the same keys (the quantized
+        twins of vectors): its runs are merged alike in the same transaction, so the keys
+        of the two stay identical."""
+        db = self.dbs[dbname] if dbname in self.dbs else self.qvectors_db()
         with self._read_txn() as txn:
             sizes = [(bytes(k), len(v)) for k, v in txn.cursor(db=db)]
         runs: list[list[bytes]] = []
@@ -472,6 +513,13 @@ class LmdbStore:
             for k in keys[1:]:
                 txn.delete(k, db=db)
             txn.put(keys[0], data, db=db)
+            if follow is not None:
+                twins = [txn.get(k, db=follow) for k in keys]
+                if all(t is not None for t in twins):  # else verify reports the gap
+                    joined = b"".join(bytes(t) for t in twins)
+                    for k in keys[1:]:
+                        txn.delete(k, db=follow)
+                    txn.put(keys[0], joined, db=follow)
 
         for keys in runs:  # one transaction per run keeps the dirty pages few
             self.write_batch(lambda txn, keys=keys: fn(txn, keys))
@@ -484,7 +532,11 @@ class LmdbStore:
         if not force and seq - int(self.meta.get("merged_at", 0)) < 8:
             return False
         self.merge_postings()
-        self.merge_segments("vectors")
+        vq = self.meta.get("vector_quant")
+        if vq is not None and not vq["keep_float"]:
+            self.merge_segments(QVECTORS)  # the quantized rows are all there is
+        else:
+            self.merge_segments("vectors", follow=self.qvectors_db() if vq else None)
         self.merge_segments("codes", join=_join_codes)
         self.write_batch(lambda txn: self._put_meta(txn, "merged_at", seq))
         return True
@@ -571,15 +623,26 @@ class LmdbStore:
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
         """A consistent read view; arrays it returns stay valid only inside the block."""
-        with self._read_txn(buffers=True) as txn:
-            raw = txn.get(b"stats", db=self.dbs["meta"])
-            stats = unpack(raw) if raw is not None else {"n": 0, "total_len": 0,
-                                                         "not_current": 0}
-            if not self.write and stats != self.meta.get("stats", stats):
-                # another process wrote since we opened: namespaces, moments etc. moved on
-                cur = txn.cursor(db=self.dbs["meta"])
-                self.meta = {bytes(k).decode(): unpack(v) for k, v in cur}
-            yield Snapshot(self, txn, stats)
+        for attempt in range(2):
+            with self._read_txn(buffers=True) as txn:
+                raw_vq = txn.get(b"vector_quant", db=self.dbs["meta"])
+                if raw_vq is None or self._qdb is not None or attempt == 1:
+                    yield self._snapshot(txn, raw_vq)
+                    return
+            # another process quantized since we opened: open its database (no transaction
+            # may be open when the map is adopted), then begin again (a handle is unusable in
+            # transactions begun before it)
+            self.qvectors_db()
+
+    def _snapshot(self, txn, raw_vq) -> Snapshot:
+        raw = txn.get(b"stats", db=self.dbs["meta"])
+        stats = unpack(raw) if raw is not None else {"n": 0, "total_len": 0, "not_current": 0}
+        if not self.write and stats != self.meta.get("stats", stats):
+            # another process wrote since we opened: namespaces, moments etc. moved on
+            cur = txn.cursor(db=self.dbs["meta"])
+            self.meta = {bytes(k).decode(): unpack(v) for k, v in cur}
+        vq = unpack(raw_vq) if raw_vq is not None and self._qdb is not None else None
+        return Snapshot(self, txn, stats, vector_quant=vq, qdb=self._qdb)
 
     def iter_records(self, batch: int = 4096) -> Iterator[tuple[int, dict, np.ndarray | None]]:
         """All records in docno order with their vectors, in short read transactions."""
@@ -600,12 +663,17 @@ class LmdbStore:
 class Snapshot:
     """Arrays and records of one read transaction."""
 
-    def __init__(self, store: LmdbStore, txn, stats: dict):
+    def __init__(self, store: LmdbStore, txn, stats: dict, vector_quant: dict | None = None,
+                 qdb=None):
         self.store = store
         self.txn = txn
         self.stats = stats
         self.n = int(stats.get("n", 0))
         self.dbs = store.dbs
+        self.vector_quant = vector_quant  # the scheme, as this transaction sees it
+        self.qdb = qdb
+        # with the float segments dropped, vectors are read back from the quantized rows
+        self.floats_dropped = vector_quant is not None and not vector_quant["keep_float"]
 
     def column(self, name: str) -> np.ndarray:
         dtype = COLUMNS[name]
@@ -651,8 +719,28 @@ class Snapshot:
         te = self.column("t_event")
         return float(np.nanmax(te)) if np.isfinite(te).any() else time.time()
 
+    def qvector_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first docno, quantized rows as uint8 (rows, bytes a vector)) per segment,
+        zero-copy."""
+        if self.vector_quant is None:
+            return
+        bpv = int(self.vector_quant["bytes_per_vector"])
+        for key, raw in self.txn.cursor(db=self.qdb):
+            lo = _U32.unpack(bytes(key))[0]
+            take = min(len(raw) // bpv, self.n - lo)
+            if take <= 0:
+                break
+            yield lo, np.frombuffer(raw, dtype=np.uint8, count=take * bpv).reshape(take, bpv)
+
     def vector_blocks(self, dim: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(first docno, rows) per segment, zero-copy views into the memory map."""
+        """(first docno, rows) per segment, zero-copy views into the memory map (decoded
+        copies when only quantized rows are kept)."""
+        if self.floats_dropped:
+            from memstack.core.vector_quant import decode
+
+            for lo, rows in self.qvector_blocks():
+                yield lo, decode(self.vector_quant["scheme"], rows, dim)
+            return
         row_bytes = 4 * dim
         for key, raw in self.txn.cursor(db=self.dbs["vectors"]):
             lo = _U32.unpack(bytes(key))[0]
@@ -678,6 +766,15 @@ class Snapshot:
         order = np.argsort(docnos, kind="stable")
         sorted_d = docnos[order]
         out = np.zeros((len(docnos), dim), dtype=np.float32)
+        if self.floats_dropped:  # decode only the rows asked for
+            from memstack.core.vector_quant import decode
+
+            for lo, rows in self.qvector_blocks():
+                a, b = np.searchsorted(sorted_d, [lo, lo + len(rows)])
+                if a < b:
+                    out[order[a:b]] = decode(self.vector_quant["scheme"],
+                                             rows[sorted_d[a:b] - lo], dim)
+            return out
         for lo, rows in self.vector_blocks(dim):
             a, b = np.searchsorted(sorted_d, [lo, lo + len(rows)])
             if a < b:
@@ -687,6 +784,8 @@ class Snapshot:
     def vector(self, docno: int, dim: int | None = None) -> np.ndarray | None:
         """One stored vector (a copy)."""
         dim = dim or (self.store.meta.get("embedder") or {}).get("dim")
+        if self.floats_dropped and dim:
+            return self._qvector(docno, dim)
         cur = self.txn.cursor(db=self.dbs["vectors"])
         found = cur.prev() if cur.set_range(_U32.pack(docno + 1)) else cur.last()
         if not found or not dim:
@@ -697,6 +796,23 @@ class Snapshot:
         if start > docno or off + dim * 4 > len(raw):
             return None
         return np.frombuffer(raw, dtype=np.float32, count=dim, offset=off).copy()
+
+    def _qvector(self, docno: int, dim: int) -> np.ndarray | None:
+        """One vector decoded from its quantized row (the floats were dropped)."""
+        from memstack.core.vector_quant import decode
+
+        bpv = int(self.vector_quant["bytes_per_vector"])
+        cur = self.txn.cursor(db=self.qdb)
+        found = cur.prev() if cur.set_range(_U32.pack(docno + 1)) else cur.last()
+        if not found or docno >= self.n:
+            return None
+        start = _U32.unpack(bytes(cur.key()))[0]
+        raw = cur.value()
+        off = (docno - start) * bpv
+        if start > docno or off + bpv > len(raw):
+            return None
+        row = np.frombuffer(raw, dtype=np.uint8, count=bpv, offset=off).reshape(1, bpv)
+        return decode(self.vector_quant["scheme"], row, dim)[0]
 
     def postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
         key = term.encode("utf-8")[:400] + b"\x00"
