@@ -262,11 +262,7 @@ def _write_records(tf: TensorFile, opts: QuantizeOptions, each) -> Iterator[dict
         yield from each(write)
         writer.close()
         if tmp:
-            fp.flush()
-            os.fsync(fp.fileno())
-            fp.close()
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, opts.output)
+            _publish(fp, tmp, opts.output)
             tmp = None
     finally:
         if tmp:
@@ -338,12 +334,11 @@ def _write_gguf(tf: TensorFile, plans: list[TensorPlan], scheme: Scheme, opts, e
             data = next(iter(q.parts.values()))
             writer.write_tensor_data(np.ascontiguousarray(data))
         yield from each(write)
-        for fout in writer.fout or []:
-            fout.flush()
-            os.fsync(fout.fileno())
+        (fout,) = writer.fout
+        fout.flush()
+        os.fsync(fout.fileno())
         writer.close()
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, opts.output)
+        _publish(None, tmp, opts.output)
         ok = True
     finally:
         if not ok:
@@ -351,6 +346,17 @@ def _write_gguf(tf: TensorFile, plans: list[TensorPlan], scheme: Scheme, opts, e
                 fout.close()
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _publish(fp, tmp: str, dest: str) -> None:
+    """Make the finished temporary file the output: durable first, then renamed over dest,
+    with the mode a new file gets (mkstemp makes 0600)."""
+    if fp is not None:
+        fp.flush()
+        os.fsync(fp.fileno())
+        fp.close()
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, dest)
 
 
 def _umask() -> int:
