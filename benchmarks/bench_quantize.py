@@ -109,13 +109,16 @@ def accuracy_table(m: dict, schemes: list[str]) -> dict:
     rows = []
     for s in order:
         p, o = m[(s, "plain")], m[(s, "outlier")]
-        rows.append([f"`{s}`", f"{p['bpw']:.3f}", f"{p['snr_db']:.2f}", f"{o['snr_db']:.2f}",
+        bpw = f"{p['bpw']:.3f}" if abs(p["bpw"] - o["bpw"]) < 5e-4 else \
+            f"{p['bpw']:.3f} / {o['bpw']:.3f}"
+        rows.append([f"`{s}`", bpw, f"{p['snr_db']:.2f}", f"{o['snr_db']:.2f}",
                      f"{p['rmse']:.2e}", f"{o['rmse']:.2e}", f"{p['cosine']:.5f}",
                      f"{o['cosine']:.5f}", f"{p['mb_per_s']:,.0f}", f"{o['mb_per_s']:,.0f}",
                      _same(m, s)])
     return {"title": "Accuracy per bit (sorted by bits per weight; plain / outlier matrix)",
-            "columns": ["scheme", "bpw", "SNR dB plain", "SNR dB outlier", "RMSE plain",
-                        "RMSE outlier", "cosine plain", "cosine outlier", "memstack MB/s plain",
+            "columns": ["scheme", "bpw (plain / outlier when they differ)", "SNR dB plain",
+                        "SNR dB outlier", "RMSE plain", "RMSE outlier", "cosine plain",
+                        "cosine outlier", "memstack MB/s plain",
                         "MB/s outlier", "bytes = gguf (plain, outlier)"],
             "rows": rows}
 
@@ -391,14 +394,14 @@ def run(quick: bool) -> dict:
                      "whole matrices")
     if not have_gguf or stderr:
         notes.append(stderr or "gguf is not installed: no reference rows")
-    from memstack.core.quant.schemes import parse_scheme
-
-    kept = parse_scheme("split:q4_0").columns(size)
+    bpw_split = m.get(("split:q4_0", "outlier"), {}).get("bpw")
+    kept = round((bpw_split - 4.5) * size / 16.03) if bpw_split else "?"
     notes.append("bpw counts every stored bit (codes, scales, permutations, type ids, F16 "
                  "outlier columns and their indices); SNR = 10 log10(sum w^2 / sum (w - w_hat)^2)"
-                 f"; `split:` keeps its default 0.4% of input columns in F16 ({kept} of {size} "
-                 "here; the matrix has 16 outlier columns), `bfp:*:outlier` reorders input "
-                 "channels by magnitude")
+                 f"; `split:` keeps in F16 the input columns whose max |w| is over 4x the "
+                 f"median column's, at most 1% ({kept} of {size} on the outlier matrix, which "
+                 "has 16 outlier columns; none on the plain one), `bfp:*:outlier` reorders "
+                 "input channels by magnitude")
 
     res, peak_table, peak_notes = peak_memory(quick)
     tables.append(peak_table)
