@@ -17,7 +17,13 @@ import numpy as np
 
 from memstack.core.errors import ConfigError
 from memstack.core.quant import bits, ggml, grids, kquants
-from memstack.core.quant.parallel import as_f32, default_threads, map_blocks
+from memstack.core.quant.parallel import (
+    CHUNK_ELEMENTS,
+    THREADED_CHUNK_ELEMENTS,
+    as_f32,
+    default_threads,
+    map_blocks,
+)
 
 
 class NonFiniteError(ValueError):
@@ -78,7 +84,9 @@ def map_rows(fn: Callable[[np.ndarray, int], dict[str, np.ndarray]], w: np.ndarr
     """fn(float32 row chunk, first row) → parts with one leading entry per row; concatenated."""
     w = _rows(w)
     rows, cols = w.shape
-    step = rows_per_chunk or max(1, (1 << 16) // max(cols, 1))
+    threads = threads or default_threads()
+    per_chunk = CHUNK_ELEMENTS if threads == 1 else THREADED_CHUNK_ELEMENTS
+    step = rows_per_chunk or max(1, per_chunk // max(cols, 1))
 
     def run(start: int) -> dict[str, np.ndarray]:
         chunk = as_f32(w[start:start + step], bf16)
@@ -90,7 +98,6 @@ def map_rows(fn: Callable[[np.ndarray, int], dict[str, np.ndarray]], w: np.ndarr
         with np.errstate(all="ignore"):
             return {k: v[:0] for k, v in fn(np.zeros((1, cols), np.float32), 0).items()}
     starts = list(range(0, rows, step))
-    threads = threads or default_threads()
     if threads == 1 or len(starts) == 1:
         results = [run(s) for s in starts]
     else:
