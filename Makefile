@@ -34,6 +34,13 @@ demo: $(VENV)/.base
 		--ns user:alice --store $(DEMO_STORE) -k 3 --budget 120 --format prompt
 	$(BIN)/memstack recall "where does alice live now?" --store $(DEMO_STORE) -k 3 \
 		--recency 90d --format table --explain
+	$(BIN)/memstack quantize --store $(DEMO_STORE) --vectors int8
+	$(BIN)/memstack recall "what is alice allergic to?" --store $(DEMO_STORE) -k 1 --format text
+	$(BIN)/python -c "import numpy as np; r = np.random.default_rng(0); \
+		w = (r.standard_normal((512, 2048)) * 0.02).astype('float32'); w[:, :8] *= 25; \
+		np.save('demo/w.npy', w)"
+	$(BIN)/memstack quantize demo/w.npy -s q8_0,q4_0,nf4,mx:fp4,bfp:4:outlier,split:q4_0 \
+		--report --format table
 
 test: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -251,6 +251,9 @@ def _open_gguf(path: str) -> TensorFile:
         reader = GGUFReader(path)
     except Exception as exc:  # the reader raises ValueError, KeyError, IndexError on bad bytes
         msg = str(exc) or type(exc).__name__
+        if "reshape" in msg or "buffer is too small" in msg:  # a tensor's data is cut short
+            raise InputError(path, f"byte {size}", "tensor data runs past the end of the file "
+                             "(truncated?)") from None
         raise InputError(path, "header", f"not a readable GGUF file ({msg})") from None
     entries = []
     for t in reader.tensors:
