@@ -8,6 +8,7 @@ permutations and type ids, so bits per weight is what a file of these parts real
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,18 +59,20 @@ def _check_finite(chunk: np.ndarray, first: int, width: int) -> None:
         raise NonFiniteError(first * width + bad)
 
 
-class Scheme:
+class Scheme(ABC):
     """Base: a name, the row multiple it needs, and quantize/dequantize of rows × cols."""
 
     spec = ""
     block = 1
     ggml_type: int | None = None
 
+    @abstractmethod
     def quantize(self, w: np.ndarray, *, bf16: bool = False, threads: int = 0) -> QuantTensor:
-        raise NotImplementedError
+        """rows × cols (float32/float16, or bf16 bits as uint16 with bf16=True) → parts."""
 
+    @abstractmethod
     def dequantize(self, q: QuantTensor) -> np.ndarray:
-        raise NotImplementedError
+        """Parts → float32 rows × cols."""
 
     def fits(self, cols: int) -> bool:
         return cols % self.block == 0
