@@ -217,7 +217,9 @@ def test_switching_schemes_and_removing_the_copy(store_path, emb, queries):
     assert hit_ids(store_path, emb, texts) == before
 
 
-def test_an_interrupted_run_resumes(store_path, monkeypatch):
+def interrupt_third_encode(monkeypatch):
+    """Make quantizing stop (as Ctrl-C would) in its third write transaction; returns the
+    real encoder so the test can put it back."""
     monkeypatch.setattr(vector_quant, "WRITE_BYTES", 40_000)  # one transaction a segment
     calls = {"n": 0}
     real = vector_quant.encode
@@ -229,6 +231,11 @@ def test_an_interrupted_run_resumes(store_path, monkeypatch):
         return real(scheme, vecs)
 
     monkeypatch.setattr(vector_quant, "encode", flaky)
+    return real
+
+
+def test_an_interrupted_run_resumes(store_path, monkeypatch):
+    real = interrupt_third_encode(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         quantize_store_vectors(str(store_path), "int8")
     with LmdbStore(str(store_path)) as st:
@@ -244,17 +251,7 @@ def test_an_interrupted_run_resumes(store_path, monkeypatch):
 
 
 def test_leftovers_of_another_scheme_are_not_reused(store_path, monkeypatch):
-    monkeypatch.setattr(vector_quant, "WRITE_BYTES", 40_000)
-    real = vector_quant.encode
-    calls = {"n": 0}
-
-    def flaky(scheme, vecs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(scheme, vecs)
-
-    monkeypatch.setattr(vector_quant, "encode", flaky)
+    real = interrupt_third_encode(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         quantize_store_vectors(str(store_path), "q4")
     monkeypatch.setattr(vector_quant, "encode", real)

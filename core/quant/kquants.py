@@ -116,8 +116,12 @@ def _unpack_scales_k4(sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ls, lm
 
 
-def _qk_asym(b: np.ndarray, nmax: int, rmin: float, nstep: int):
-    """Shared Q4_K/Q5_K: sub-block scale/min search, 6-bit quantized scales, final levels."""
+def _qk_asym(b: np.ndarray, nmax: int, rmin: float, nstep: int,
+             width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shared Q4_K/Q5_K: sub-block scale/min search, 6-bit quantized scales, final levels.
+
+    Returns the output blocks with their common 16-byte head (d, dmin, packed scales)
+    filled in, and the levels (nb, 256) for the caller to pack."""
     nb = b.shape[0]
     x = np.ascontiguousarray(b.reshape(nb * 8, 32).T)
     av = np.sqrt((x * x).sum(axis=0) / F32(32))
@@ -139,16 +143,16 @@ def _qk_asym(b: np.ndarray, nmax: int, rmin: float, nstep: int):
     L = np.clip(np.rint(_div(xs + dm[..., None], np.broadcast_to(d[..., None], xs.shape))),
                 0, nmax).astype(np.uint8)
     L = np.where((d == 0)[..., None], 0, L)
-    return d16, dmin16, _pack_scales_k4(ls, lm), L.reshape(nb, QK_K)
+    out = np.empty((nb, width), np.uint8)
+    out[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
+    out[:, 2:4] = dmin16.view(np.uint8).reshape(nb, 2)
+    out[:, 4:16] = _pack_scales_k4(ls, lm)
+    return out, L.reshape(nb, QK_K)
 
 
 def q4_k(b: np.ndarray) -> np.ndarray:
     nb = b.shape[0]
-    d16, dmin16, sc, L = _qk_asym(b, 15, -1.0, 20)
-    out = np.empty((nb, 144), np.uint8)
-    out[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
-    out[:, 2:4] = dmin16.view(np.uint8).reshape(nb, 2)
-    out[:, 4:16] = sc
+    out, L = _qk_asym(b, 15, -1.0, 20, 144)
     L4 = L.reshape(nb, 4, 2, 32)  # per 64 values: low nibbles the first 32, high the next 32
     out[:, 16:] = (L4[:, :, 0] | (L4[:, :, 1] << 4)).reshape(nb, 128)
     return out
@@ -156,11 +160,7 @@ def q4_k(b: np.ndarray) -> np.ndarray:
 
 def q5_k(b: np.ndarray) -> np.ndarray:
     nb = b.shape[0]
-    d16, dmin16, sc, L = _qk_asym(b, 31, -0.5, 15)
-    out = np.empty((nb, 176), np.uint8)
-    out[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
-    out[:, 2:4] = dmin16.view(np.uint8).reshape(nb, 2)
-    out[:, 4:16] = sc
+    out, L = _qk_asym(b, 31, -0.5, 15, 176)
     L4 = L.reshape(nb, 4, 2, 32)
     hi = (L4 >> 4) & 1  # (nb, 4, 2, 32): bit 2n of qh[j] for the first half, 2n+1 the second
     shifts = (np.arange(4, dtype=np.uint8)[:, None] * 2 + np.arange(2, dtype=np.uint8)[None, :])
