@@ -1,0 +1,1 @@
+"""Model memory: model specs, hardware targets, the roofline simulator and offload planning."""
