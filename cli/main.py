@@ -13,6 +13,7 @@ from memstack.cli.ingest import ingest_cmd
 from memstack.cli.plugins import plugins_cmd
 from memstack.cli.quantize import quantize_cmd
 from memstack.cli.recall import recall_cmd
+from memstack.cli.simulate import simulate_cmd
 from memstack.cli.store import store_group
 
 
@@ -41,6 +42,7 @@ cli.add_command(store_group)
 cli.add_command(plugins_cmd)
 cli.add_command(quantize_cmd)
 cli.add_command(bench_group)
+cli.add_command(simulate_cmd)
 
 
 def _quiet_broken_pipe() -> None:

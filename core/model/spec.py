@@ -145,7 +145,7 @@ class ModelSpec:
 
     # ---- records -----------------------------------------------------------------------------
     def to_record(self) -> dict[str, Any]:
-        rec: dict[str, Any] = {"kind": "model"}
+        rec: dict[str, Any] = {"v": 1, "kind": "model"}
         rec.update(asdict(self))
         rec["params"] = self.total_params()
         rec["active_params"] = self.active_params()

@@ -88,7 +88,7 @@ class Target:
         return self.compute.get("fp32") or max(self.compute.values())
 
     def to_record(self) -> dict[str, Any]:
-        rec: dict[str, Any] = {"kind": "target"}
+        rec: dict[str, Any] = {"v": 1, "kind": "target"}
         rec.update(asdict(self))
         return rec
 
