@@ -21,6 +21,9 @@ _FIXED = {
     "q8_0": 8.5, "q4_0": 4.5, "q4_1": 5.0, "q5_0": 5.5, "q5_1": 6.0,
     "q2_k": 2.625, "q3_k": 3.4375, "q4_k": 4.5, "q5_k": 5.5, "q6_k": 6.5625, "q8_k": 9.125,
     "mxfp4": 4.25, "mx:fp4": 4.25, "nf4": 4.5,
+    # llama.cpp's mixed K-quant files, by the bits per weight its quantize tool reports for 7B
+    "q2_k_s": 2.96, "q3_k_s": 3.50, "q3_k_m": 3.91, "q3_k_l": 4.27, "q4_k_s": 4.58,
+    "q4_k_m": 4.85, "q5_k_s": 5.54, "q5_k_m": 5.69,
 }
 _ALIASES = {"fp32": "f32", "fp16": "f16", "mx:fp4": "mxfp4", "w8a8": "int8",
             "awq": "int4", "gptq": "int4"}
