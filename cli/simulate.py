@@ -97,8 +97,9 @@ def _strategy_table(records: list[dict]) -> None:
                    "fp8, int8, int4, bits:X (default: the model's own dtype).")
 @click.option("--kv", default="f16", show_default=True,
               help="KV cache type: f16 bf16 f32 fp8 int8 q8_0 q4_0 …")
-@click.option("--act", default="f16", show_default=True, help="Activation dtype: f16 bf16 fp8 "
-              "int8 f32.")
+@click.option("--act", default="auto", show_default=True,
+              help="Activation dtype: auto (fp8 with fp8 weights, as TensorRT-LLM and vLLM run "
+                   "them; else f16), f16 bf16 fp8 int8 f32.")
 @click.option("--phase", default="prefill,decode", show_default=True,
               help="Phases whose ops the table shows.")
 @click.option("--sweep", metavar="GRID",

@@ -30,7 +30,7 @@ _ALIASES = {"fp32": "f32", "fp16": "f16", "mx:fp4": "mxfp4", "w8a8": "int8",
 # KV cache element types (llama.cpp cache types and the fp8 caches of vLLM/TensorRT-LLM)
 KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0,
             "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
-ACT_DTYPES = {"f32": "fp32", "fp32": "fp32", "f16": "fp16", "fp16": "fp16", "bf16": "bf16",
+ACT_DTYPES = {"auto": "auto", "f32": "fp32", "fp32": "fp32", "f16": "fp16", "fp16": "fp16", "bf16": "bf16",
               "fp8": "fp8", "int8": "int8"}
 
 
@@ -81,6 +81,13 @@ def kv_bytes(fmt: str) -> float:
     return KV_BYTES[f]
 
 
+def act_bytes(act: str, weights: str) -> float:
+    """Bytes per activation element; `auto` follows matmul_dtype's choice."""
+    return {"fp32": 4.0, "fp8": 1.0, "int8": 1.0}.get(matmul_dtype(weights, act)
+                                                      if act_dtype(act) == "auto"
+                                                      else act_dtype(act), 2.0)
+
+
 def act_dtype(fmt: str) -> str:
     f = fmt.strip().lower()
     if f not in ACT_DTYPES:
@@ -93,6 +100,8 @@ def matmul_dtype(weights: str, act: str) -> str:
     """The dtype a runtime's matmul runs in: fp8×fp8 and int8×int8 use those units."""
     a = act_dtype(act)
     w = canonical(weights)
+    if a == "auto":  # what runtimes do: fp8 weights run w8a8 (TensorRT-LLM, vLLM), else fp16
+        a = "fp8" if w == "fp8" else "fp16"
     if a == "fp8" and w == "fp8":
         return "fp8"
     if a == "int8" and w in ("int8", "q8_0"):

@@ -37,7 +37,7 @@ class Workload:
     gen: Any = 128
     weights: Any = "f16"  # a format name, or an array of names
     kv: Any = "f16"
-    act: Any = "f16"
+    act: Any = "auto"  # fp8 with fp8 weights, else f16 (see precision.matmul_dtype)
     prefix: Any = 0  # tokens whose KV is already cached before the prompt (a reused prefix)
 
 
@@ -160,8 +160,7 @@ class _Costs:
             raise ConfigError("--batch must be at least 1")
         self.wbits, self.gemv_rate, self.gemm_eff = _format_table(target, work.weights)
         self.kvb = _lookup(work.kv, precision.kv_bytes)
-        self.actb = _lookup(work.act, lambda a: {"fp32": 4.0, "fp8": 1.0, "int8": 1.0}.get(
-            precision.act_dtype(a), 2.0))
+        self.actb = _lookup(work.act, lambda a: precision.act_bytes(a, "f16"))
         self.peak = _peaks(target, work.weights, work.act) * target.compute_efficiency
         self.bw = target.main.effective_bandwidth()
 
@@ -174,8 +173,9 @@ class _Costs:
         wbytes = touched * self.wbits / 8.0 * reads * count
         act = tokens * 2 * self.spec.hidden * self.actb * count
         t_comp = flops / (self.peak * self.gemm_eff)
-        rate = self.gemv_rate
-        t_deq = np.where(rate > 0, used * tokens * count / np.where(rate > 0, rate, 1.0), 0.0)
+        rate = self.gemv_rate  # a GEMV-kernel rate: prefill's GEMMs amortise unpacking
+        t_deq = 0.0 if phase == "prefill" else np.where(
+            rate > 0, used * tokens * count / np.where(rate > 0, rate, 1.0), 0.0)
         return Op(name, phase, count, flops, wbytes + act, wbytes, 0.0, t_comp,
                   (wbytes + act) / self.bw, t_deq)
 

@@ -83,7 +83,7 @@ def parse_strategies(text: str) -> list[Strategy]:
 
 def price(spec: ModelSpec, target: Target, stats: MemoryStats, strategies: list[Strategy], *,
           query_tokens: int = 32, answer_tokens: int = 128, weights: str = "f16",
-          kv: str = "f16", act: str = "f16", recall_s: float = 0.0) -> list[dict[str, Any]]:
+          kv: str = "f16", act: str = "auto", recall_s: float = 0.0) -> list[dict[str, Any]]:
     """One `strategy` record per strategy, with ratios to full context when it is priced."""
     recs = []
     for st in strategies:

@@ -40,8 +40,9 @@ class Link:
 class FormatCost:
     """What one weight format costs on this target beyond its bytes.
 
-    `gemv_rate`: weights per second the target can dequantize and multiply at batch 1 with
-    all cores/SMs (0 = never compute-bound: only memory counts). `gemm_efficiency`: fraction of
+    `gemv_rate`: weights per second the target can dequantize and multiply in decode's
+    matrix-vector kernels with all cores/SMs (0 = never compute-bound: only memory counts);
+    prefill's matrix-matrix kernels amortise unpacking over the micro-batch instead. `gemm_efficiency`: fraction of
     the matmul dtype's peak that prefill reaches with this format (dequant on the fly lowers it).
     """
 
@@ -88,9 +89,9 @@ class Target:
         return self.compute.get("fp32") or max(self.compute.values())
 
     def to_record(self) -> dict[str, Any]:
-        rec: dict[str, Any] = {"v": 1, "kind": "target"}
-        rec.update(asdict(self))
-        return rec
+        rec: dict[str, Any] = asdict(self)
+        rec["device"] = rec.pop("kind")  # the record's own `kind` says it is a target
+        return {"v": 1, "kind": "target", **rec}
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Target:
@@ -101,6 +102,8 @@ class Target:
         formats = {k: FormatCost(**v) for k, v in (rec.get("formats") or {}).items()}
         keep = {k: v for k, v in rec.items()
                 if k in cls.__dataclass_fields__ and k not in ("tiers", "links", "formats")}
+        if "device" in rec:
+            keep["kind"] = rec["device"]
         if "sources" in keep:
             keep["sources"] = tuple(keep["sources"])
         return cls(tiers=tiers, links=links, formats=formats, **keep)
