@@ -30,8 +30,8 @@ _ALIASES = {"fp32": "f32", "fp16": "f16", "mx:fp4": "mxfp4", "w8a8": "int8",
 # KV cache element types (llama.cpp cache types and the fp8 caches of vLLM/TensorRT-LLM)
 KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0,
             "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
-ACT_DTYPES = {"auto": "auto", "f32": "fp32", "fp32": "fp32", "f16": "fp16", "fp16": "fp16", "bf16": "bf16",
-              "fp8": "fp8", "int8": "int8"}
+ACT_DTYPES = {"auto": "auto", "f32": "fp32", "fp32": "fp32", "f16": "fp16", "fp16": "fp16",
+              "bf16": "bf16", "fp8": "fp8", "int8": "int8"}
 
 
 def canonical(fmt: str) -> str:

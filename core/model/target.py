@@ -42,8 +42,9 @@ class FormatCost:
 
     `gemv_rate`: weights per second the target can dequantize and multiply in decode's
     matrix-vector kernels with all cores/SMs (0 = never compute-bound: only memory counts);
-    prefill's matrix-matrix kernels amortise unpacking over the micro-batch instead. `gemm_efficiency`: fraction of
-    the matmul dtype's peak that prefill reaches with this format (dequant on the fly lowers it).
+    prefill's matrix-matrix kernels amortise unpacking over the micro-batch instead.
+    `gemm_efficiency`: fraction of the matmul dtype's peak that prefill reaches with this
+    format (dequant on the fly, or a runtime's less tuned kernels, lower it).
     """
 
     gemv_rate: float = 0.0
