@@ -154,11 +154,11 @@ def simulate_cmd(model, target, batch, ctx, gen, weights, kv, act, phase, sweep,
 
         simulate_plan(plan, fmt)
         return
-    if not model:
-        raise click.UsageError("give --model (a preset, config.json or .gguf), or --plan")
     if sweep:
         _run_sweep(sweep, model, target, batch, ctx, gen, weights, kv, act, fmt, plot)
         return
+    if not model:
+        raise click.UsageError("give --model (a preset, config.json or .gguf), or --plan")
     spec = load_model(model)
     tgt = load_target(target)
     w = weights or spec.dtype
