@@ -10,6 +10,7 @@ import click
 from memstack import __version__
 from memstack.cli.bench import bench_group
 from memstack.cli.ingest import ingest_cmd
+from memstack.cli.offload import offload_cmd
 from memstack.cli.plugins import plugins_cmd
 from memstack.cli.quantize import quantize_cmd
 from memstack.cli.recall import recall_cmd
@@ -43,6 +44,7 @@ cli.add_command(plugins_cmd)
 cli.add_command(quantize_cmd)
 cli.add_command(bench_group)
 cli.add_command(simulate_cmd)
+cli.add_command(offload_cmd)
 
 
 def _quiet_broken_pipe() -> None:
