@@ -123,3 +123,4 @@ def bench_quantize_cmd(size, schemes, repeats, threads, format_) -> None:
                    "(pip install gguf)", err=True)
     if first is not None:
         _emit(itertools.chain([first], records), fmt)
+

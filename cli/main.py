@@ -9,6 +9,7 @@ import click
 
 from memstack import __version__
 from memstack.cli.bench import bench_group
+from memstack.cli.bench_model import decode_cmd, hw_cmd
 from memstack.cli.ingest import ingest_cmd
 from memstack.cli.offload import offload_cmd
 from memstack.cli.plugins import plugins_cmd
@@ -42,6 +43,8 @@ cli.add_command(recall_cmd)
 cli.add_command(store_group)
 cli.add_command(plugins_cmd)
 cli.add_command(quantize_cmd)
+bench_group.add_command(hw_cmd)
+bench_group.add_command(decode_cmd)
 cli.add_command(bench_group)
 cli.add_command(simulate_cmd)
 cli.add_command(offload_cmd)
