@@ -8,8 +8,9 @@ constant, so their MAPE is the out-of-sample estimate.
 from __future__ import annotations
 
 import statistics
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from memstack.core.model.load_spec import load_model
 from memstack.core.model.simulate import Workload, simulate
@@ -57,11 +58,16 @@ def summary(results: list[dict]) -> dict:
                 else float("nan")) for k, v in groups.items()}
 
 
-if __name__ == "__main__":
+def main() -> None:
     res = evaluate()
     for r in res:
-        print(f"#{r['id']:>3} {'H' if r.get('holdout') else ' '} {r['model']:14} {r['target']:11} "
-              f"{r['weights']:7} {r['phase']:7} b{r.get('batch',1):<3} p{r.get('prompt_tokens',0):<5} "
-              f"meas {r['tokens_per_s']:>9.1f} pred {r['predicted']:>9.1f} err {100*r['error']:+6.1f}%")
+        print(f"#{r['id']:>3} {'H' if r.get('holdout') else ' '} {r['model']:14} "
+              f"{r['target']:11} {r['weights']:7} {r['phase']:7} b{r.get('batch', 1):<3} "
+              f"p{r.get('prompt_tokens', 0):<5} meas {r['tokens_per_s']:>9.1f} "
+              f"pred {r['predicted']:>9.1f} err {100 * r['error']:+6.1f}%")
     for k, (n, m, med) in summary(res).items():
         print(f"{k:8} n={n:3} MAPE {m:5.1f}%  median {med:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()

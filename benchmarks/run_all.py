@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/run_all.py            # full suite (~20-35 min), BENCHMARKS.md
     .venv/bin/python benchmarks/run_all.py --quick    # < 5 min; prints, writes only with --out
 
-Options: --only quality,ingest,recall,quantize; --dataset PATH (repeatable, passed to
+Options: --only quality,ingest,recall,quantize,model (with --merge the other sections are kept from
+their last full run); --dataset PATH (repeatable, passed to
 bench_quality); --out PATH. Caches (synthetic JSONL files, the 1M-memory store, the 2 GB
 safetensors file of the quantize benchmark) live under
 $MEMSTACK_BENCH_CACHE (default /tmp/memstack-bench-cache); they are rebuilt when memstack's
@@ -25,8 +26,9 @@ if HERE not in sys.path:
 import common  # noqa: E402
 
 SCRIPTS = {"quality": ("bench_quality.py", 900), "ingest": ("bench_ingest.py", 1800),
-           "recall": ("bench_recall.py", 2400), "quantize": ("bench_quantize.py", 1800)}
-ISSUES = {"quantize": "#4"}  # sections whose targets come from a later issue than #2
+           "recall": ("bench_recall.py", 2400), "quantize": ("bench_quantize.py", 1800),
+           "model": ("bench_model.py", 2400)}
+ISSUES = {"quantize": "#4", "model": "#5"}  # sections whose targets come from a later issue than #2
 
 
 def run_one(key: str, quick: bool, datasets: list[str], tmp: str) -> dict:
@@ -71,6 +73,35 @@ def section_markdown(sec: dict) -> str:
     head, sep, tail = text.partition("\nTargets: ")
     extra = "\n\n".join(table_markdown(t) for t in sec["tables"])
     return f"{head}\n{extra}\n{sep}{tail}" if sep else f"{text}\n{extra}\n"
+
+
+def _sections_dir() -> str:
+    return common.cache_path("sections")
+
+
+def save_section(sec: dict, meta: dict) -> None:
+    """Keep each full-size section's JSON, dated, for --merge."""
+    os.makedirs(_sections_dir(), exist_ok=True)
+    with open(os.path.join(_sections_dir(), f"{sec['key']}.json"), "w", encoding="utf-8") as fp:
+        json.dump({**sec, "measured": meta["date"]}, fp, default=float)
+
+
+def merged(fresh: list[dict]) -> list[dict]:
+    """Every section in SCRIPTS order: fresh ones, else the last saved, marked with its date."""
+    by_key = {s["key"]: s for s in fresh}
+    out = []
+    for key in SCRIPTS:
+        if key in by_key:
+            out.append(by_key[key])
+            continue
+        path = os.path.join(_sections_dir(), f"{key}.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fp:
+                sec = json.load(fp)
+            sec.setdefault("notes", []).append(f"measured in the run of {sec.get('measured')}, "
+                                               "kept by `run_all.py --merge`")
+            out.append(sec)
+    return out
 
 
 def render(sections: list[dict], facts: dict, meta: dict) -> str:
@@ -125,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated subset of {','.join(SCRIPTS)}")
     ap.add_argument("--dataset", action="append", metavar="PATH",
                     help="LoCoMo-format file for the quality benchmark (repeatable)")
+    ap.add_argument("--merge", action="store_true",
+                    help="with --only: keep the other sections from their last full-size run "
+                         "(each is dated), so one section can be re-measured")
     ap.add_argument("--out", metavar="PATH",
                     help="markdown output (default BENCHMARKS.md at the repo root; with --quick "
                          "only printed unless given)")
@@ -145,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     with common.temp_dir() as tmp:
         for key in keys:
             sections.append(run_one(key, args.quick, datasets, tmp))
+    if not args.quick:
+        for sec in sections:
+            save_section(sec, meta)
+        if args.merge:
+            sections = merged(sections)
     meta["bw_end"] = common.memory_bandwidth_gbs()
     meta["wall_s"] = time.perf_counter() - t0
     end_fp = common.memstack_fingerprint()
