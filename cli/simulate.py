@@ -183,7 +183,7 @@ def _run_sweep(grid, model, target, batch, ctx, gen, weights, kv, act, fmt, plot
     import itertools
 
     from memstack.core.model.load_spec import load_model
-    from memstack.core.model.sweep import parse_grid, run_sweep
+    from memstack.core.model.sweep import parse_grid, run_sweep_chunks
     from memstack.core.model.targets import load_target
 
     axes = parse_grid(grid)
@@ -200,18 +200,22 @@ def _run_sweep(grid, model, target, batch, ctx, gen, weights, kv, act, fmt, plot
 
     if base["weights"] is None and "weights" not in axes:
         base["weights"] = model_of(axes.get("model", [model])[0]).dtype
-    records = run_sweep(axes, base, model_of, load_target)
-    first = next(records, None)  # bad names and formats fail here, before any output
-    records = itertools.chain([first] if first else [], records)
+    chunks = run_sweep_chunks(axes, base, model_of, load_target)
+    first = next(chunks, [])  # bad names and formats fail here, before any output
+    chunks = itertools.chain([first], chunks)
     if plot:
         from memstack.core.model.plot import sweep_plot
 
-        records = list(records)
-        sweep_plot(records, axes, plot)
+        chunks = [[r for c in chunks for r in c]]
+        sweep_plot(chunks[0], axes, plot)
     if fmt == "table":
-        _sweep_table(records)
-    else:
-        _emit(records, fmt)
+        _sweep_table(r for c in chunks for r in c)
+        return
+    from memstack.formats.stream import RecordWriter
+
+    with RecordWriter(sys.stdout.buffer, fmt) as writer:
+        for block in chunks:
+            writer.write_many(block)
 
 
 def _run_strategies(spec, tgt, store, strategies, memories, memory_tokens, query_tokens, gen,

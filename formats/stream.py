@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import msgpack
@@ -102,6 +102,17 @@ class RecordWriter:
     def write(self, rec: dict) -> None:
         self._emit(rec)
         self.count += 1
+
+    def write_many(self, recs: Iterable[dict]) -> None:
+        """Many records in one write (sweeps emit hundreds of thousands)."""
+        if self.fmt == "msgpack":
+            pack = self._packer.pack
+            chunk = [pack(r) for r in recs]
+            self.fp.write(b"".join(chunk))
+        else:
+            chunk = [to_json(r).encode("utf-8") + b"\n" for r in recs]
+            self.fp.write(b"".join(chunk))
+        self.count += len(chunk)
 
     def flush(self) -> None:
         self.fp.flush()

@@ -86,6 +86,14 @@ def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any],
               load_model: Callable[[str], Any], load_target: Callable[[str], Any],
               chunk: int = 65536) -> Iterator[dict[str, Any]]:
     """`sim` records for every grid point; models and targets are the outer loops."""
+    for block in run_sweep_chunks(axes, base, load_model, load_target, chunk):
+        yield from block
+
+
+def run_sweep_chunks(axes: dict[str, list[Any]], base: dict[str, Any],
+                     load_model: Callable[[str], Any], load_target: Callable[[str], Any],
+                     chunk: int = 65536) -> Iterator[list[dict[str, Any]]]:
+    """The same records in lists of up to `chunk`, for writers that take many at once."""
     models = axes.get("model", [base["model"]])
     targets = axes.get("target", [base["target"]])
     order = [a for a in axes if a in OUTER]
@@ -98,7 +106,7 @@ def run_sweep(axes: dict[str, list[Any]], base: dict[str, Any],
         spec = specs[pick.get("model", models[0])]
         target = tgts[pick.get("target", targets[0])]
         for lo in range(0, n, chunk):
-            yield from _records(spec, target, _slice(work, lo, min(n, lo + chunk)))
+            yield _records(spec, target, _slice(work, lo, min(n, lo + chunk)))
 
 
 def _slice(work: Workload, lo: int, hi: int) -> Workload:
@@ -119,11 +127,15 @@ def _column(x: Any, n: int, conv: Callable[[Any], Any]) -> list[Any]:
     return [conv(v) for v in a.tolist()] if a.ndim else [conv(a.item())] * n
 
 
-def _records(spec: Any, target: Any, work: Workload) -> Iterator[dict[str, Any]]:
+def _records(spec: Any, target: Any, work: Workload) -> list[dict[str, Any]]:
+    """The records of one chunk, built column-wise (dict per row from zipped lists)."""
     res = simulate(spec, target, work)
     t = res.totals
-    n = len(np.broadcast_to(t["tpot_s"], (np.size(t["tpot_s"]),)))
-    cols = {
+    n = int(np.size(t["tpot_s"]))
+    const = itertools.repeat
+    cols: dict[str, Any] = {
+        "v": const(1), "kind": const("sim"), "model": const(spec.name),
+        "target": const(target.name),
         "batch": _column(work.batch, n, int), "ctx": _column(work.prompt, n, int),
         "gen": _column(work.gen, n, int), "weights": _column(work.weights, n, str),
         "kv": _column(work.kv, n, str), "act": _column(work.act, n, str),
@@ -131,14 +143,8 @@ def _records(spec: Any, target: Any, work: Workload) -> Iterator[dict[str, Any]]
     for k in ("ttft_s", "prefill_tok_s", "tpot_s", "decode_tok_s", "e2e_s", "mem_weights",
               "mem_kv", "mem_act", "mem_total"):
         cols[k] = np.broadcast_to(t[k], (n,)).astype(float).tolist()
-    fits = np.broadcast_to(t["fits"], (n,)).tolist()
-    bound = [BOUNDS[b] for b in np.broadcast_to(t["decode_bound"], (n,)).tolist()]
-    cap = float(t["capacity"])
-    names = list(cols)
-    for i, row in enumerate(zip(*cols.values(), strict=True)):
-        rec = {"v": 1, "kind": "sim", "model": spec.name, "target": target.name}
-        rec.update(zip(names, row, strict=True))
-        rec["capacity"] = cap
-        rec["fits"] = fits[i]
-        rec["decode_bound"] = bound[i]
-        yield rec
+    cols["capacity"] = const(float(t["capacity"]))
+    cols["fits"] = np.broadcast_to(t["fits"], (n,)).tolist()
+    cols["decode_bound"] = [BOUNDS[b] for b in np.broadcast_to(t["decode_bound"], (n,)).tolist()]
+    keys = list(cols)
+    return [dict(zip(keys, row, strict=False)) for row in zip(*cols.values(), strict=False)]
