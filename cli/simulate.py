@@ -115,7 +115,8 @@ def _strategy_table(records: list[dict]) -> None:
               help="Memory count for --strategies without a store.")
 @click.option("--memory-tokens", type=click.FloatRange(min=1), default=40.0, show_default=True,
               help="Mean tokens per memory for --memories.")
-@click.option("--query-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--query-tokens", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Tokens of the query each strategy answers.")
 @click.option("--recall-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Retrieval latency added to recall strategies (see BENCHMARKS.md).")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), metavar="FILE.png",
