@@ -64,8 +64,8 @@ def _plan_table(rec: dict, baseline: dict | None) -> None:
 @click.option("--no-overlap", is_flag=True, help="Transfers do not overlap compute.")
 @click.option("--flash", is_flag=True,
               help="Plan flash-resident FFN rows (LLM in a flash): sparsity, window, bundling.")
-@click.option("--sparsity", type=click.FloatRange(0, 1), default=None,
-              help="--flash: fraction of FFN neurons active per token (default 0.05 for "
+@click.option("--active", type=click.FloatRange(0, 1), default=None,
+              help="--flash: fraction of FFN neurons that fire per token (default 0.05 for "
                    "ReLU models such as OPT, 0.3 for gated ones).")
 @click.option("--routing-trace", type=click.Path(dir_okay=False), metavar="FILE.npy",
               help="Size an MoE expert cache from a routing trace (tokens × layers × top-k).")
@@ -76,7 +76,7 @@ def _plan_table(rec: dict, baseline: dict | None) -> None:
 @quiet_option
 @format_option(("auto", "msgpack", "jsonl", "table"))
 def offload_cmd(model, target, budget, batch, ctx, gen, weights, kv, act, method, no_overlap,
-                flash, sparsity, routing_trace, experts, top_k, quiet, format_) -> None:
+                flash, active, routing_trace, experts, top_k, quiet, format_) -> None:
     """Choose where weights, KV cache and MoE experts live to minimise time per token.
 
     The plan record pipes into `memstack simulate --plan -`. On stderr, the plan is compared
@@ -107,7 +107,7 @@ def offload_cmd(model, target, budget, batch, ctx, gen, weights, kv, act, method
     if flash:
         from memstack.cli.offload_extra import flash_cmd
 
-        flash_cmd(spec, tgt, weights or spec.dtype, sparsity, budget, fmt)
+        flash_cmd(spec, tgt, weights or spec.dtype, active, budget, fmt)
         return
     from memstack.core.model import offload
     from memstack.core.model.simulate import Workload

@@ -81,3 +81,39 @@ def test_plan_input_must_be_a_plan(tmp_path: Path):
     sim = ok(run("simulate", "--model", "gpt2", "--target", "l4")).stdout
     error_line(run("simulate", "--plan", "-", input=sim), 1, "no plan record")
     error_line(run("simulate", "--plan", "-", input=b"garbage"), 1, "<stdin>")
+
+
+def test_routing_trace_sizes_the_expert_cache(tmp_path: Path):
+    import numpy as np
+
+    from memstack.core.model.expert_cache import synthetic_trace
+
+    path = tmp_path / "trace.npy"
+    np.save(path, synthetic_trace(2000, 4, 8, 2, 0.6, seed=3))
+    _, (rec,) = decode_jsonl(ok(run("offload-plan", "--routing-trace", path, "--experts", "8",
+                                    "--top-k", "2", "--format", "jsonl")).stdout)
+    assert rec["kind"] == "expert-cache" and rec["sizes"] == list(range(1, 9))
+    lru, belady = rec["policies"]["lru"]["hit_rate"], rec["policies"]["belady"]["hit_rate"]
+    assert all(b >= x - 1e-12 for b, x in zip(belady, lru, strict=True))
+    assert 1 <= rec["recommended_size"] <= 8
+    # the experts and top-k of an MoE model are taken from it
+    ok(run("offload-plan", "--routing-trace", path, "--model", "mixtral-8x7b"))
+    np.save(path, np.full((10, 4, 2), 9))  # expert 9 of 8
+    error_line(run("offload-plan", "--routing-trace", path, "--experts", "8", "--top-k", "2"),
+               1, str(path))
+    path.write_bytes(b"\x93NUMPY garbage")
+    error_line(run("offload-plan", "--routing-trace", path, "--experts", "8", "--top-k", "2"),
+               1, str(path))
+
+
+def test_flash_plan_bundles_and_fits_the_window():
+    _, recs = decode_jsonl(ok(run("offload-plan", "--model", "opt-6.7b", "--target", "m1-max",
+                                  "--flash", "--budget", "unified=16GiB", "--format",
+                                  "jsonl")).stdout)
+    by = {r["bundling"]: r for r in recs}
+    assert by[True]["reads"] < by[False]["reads"]
+    assert by[True]["chunk_bytes"] > by[False]["chunk_bytes"]
+    assert by[True]["tpot_s"] < by[True]["naive_tpot_s"]
+    assert all(r["dram_bytes"] <= r["dram_for_ffn"] for r in recs)
+    error_line(run("offload-plan", "--model", "opt-6.7b", "--target", "m1-max", "--flash",
+                   "--budget", "unified=1GiB"), 2, "non-FFN")
