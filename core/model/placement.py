@@ -29,7 +29,6 @@ HF accelerate's ``infer_auto_device_map`` would produce, evaluated without overl
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -44,8 +43,10 @@ KINDS = ("weights", "kv", "expert", "act")
 MODES = ("resident", "host", "stream")
 GIB = float(1 << 30)
 _EPS = 1e-12  # seconds: moves that save less are noise
-_ROUND = 1e-9  # relative slack on capacities (floating sums)
-_SMALL = 48  # units: up to this many, the greedy adds a large-neighbourhood search
+_ROUND = 1e-6  # relative slack on capacities (floating sums, solver tolerances)
+_SMALL = 48  # units: up to this many the greedy adds the knapsack DP and the LNS
+_LNS_MAX = 600  # units: up to this many the finish includes the LNS (~0.1-0.3 s at 250)
+_DP_GRID = {1: 4096, 2: 240, 3: 36}  # cells per bounded tier, by the number of bounded tiers
 # Tier names accelerate treats as host RAM ("cpu") or as its unbounded "disk" device.
 HOST_NAMES = frozenset({"dram", "cpu", "ram", "host", "unified", "sysmem"})
 DISK_NAMES = frozenset({"disk", "flash", "ssd", "nvme", "storage"})
@@ -132,8 +133,9 @@ class Breakdown:
 class LPResult:
     bound: float  # the LP optimum: no placement is faster
     fractional: Placement
-    placement: Placement  # rounded and repaired; integral
+    placement: Placement  # integral: the rounding, or the greedy plan where that is faster
     step_s: float  # of `placement`
+    rounded_by: str  # "lp" (the rounding won) or "greedy"
 
 
 # ---- validation and the compiled arrays ----------------------------------------------------------
@@ -391,14 +393,41 @@ class _State:
                 if u + e > c * (1 + _ROUND) + 1e-6]
 
 
-def _options(net: _Net, stage_cap: float | None) -> list[list[int]]:
-    """Valid options per unit; streams bigger than a fixed staging reserve are left out."""
+def _option_mask(net: _Net, stage_cap: float | None) -> np.ndarray:
+    """(n, O) valid options; streams bigger than a fixed staging reserve are left out."""
     ok = net.valid.copy()
-    if stage_cap is not None:
-        big = net.b > stage_cap * (1 + _ROUND)
-        for t in range(1, net.T):
-            ok[big, 2 * t] = False
-    return [np.flatnonzero(row).tolist() for row in ok]
+    if stage_cap is not None and net.T > 1:
+        ok[:, 2::2] &= (net.b <= stage_cap * (1 + _ROUND))[:, None]
+    return ok
+
+
+def _options(net: _Net, stage_cap: float | None) -> list[list[int]]:
+    """Valid options per unit as lists (see `_option_mask`)."""
+    return [[o for o, v in enumerate(row) if v] for row in _option_mask(net, stage_cap).tolist()]
+
+
+def _all_deltas(st: _State, ok: np.ndarray) -> np.ndarray:
+    """(n, O) change of the step time for every single move from the current state (inf where
+    the option is not allowed)."""
+    net = st.net
+    a = np.array(st.a)
+    rows = np.arange(net.n)
+    L = net.li
+    C, X, H = np.array(st.C)[L], np.array(st.X)[L], np.array(st.H)[L]
+    Cn = (C - net.c[rows, a])[:, None] + net.c
+    Xn = (X - net.x[rows, a])[:, None] + net.x
+    Hn = (H - net.h[rows, a])[:, None] + net.h
+    if net.overlap:
+        now, new = np.maximum(C, X) + H, np.maximum(Cn, Xn) + Hn
+    else:
+        now, new = C + X + H, Cn + Xn + Hn
+    return np.where(ok, new - now[:, None], np.inf)
+
+
+def _room(st: _State) -> np.ndarray:
+    free = np.array(st.cap) - np.array(st.used)
+    free[0] -= st.staging()
+    return free
 
 
 def _standalone(net: _Net, i: int, o: int) -> float:
@@ -489,23 +518,33 @@ def _improve(st: _State, opts: list[list[int]]) -> None:
     """Lazy greedy: repeatedly take the move with the best time saved per byte of faster tier.
 
     Entries go stale when their layer changes (overlap couples a layer's units); a stale entry
-    is re-evaluated when it surfaces. A final sweep re-offers every unit until nothing moves.
+    is re-evaluated when it surfaces. Under overlap a sweep then re-offers the units of the
+    layers that changed, until nothing moves.
     """
     n = len(st.a)
     lver = [0] * len(st.C)
     uver = [0] * n
     heap: list[tuple[float, float, int, int, int, int]] = []
+    members: dict[int, list[int]] = {}
+    for i, L in enumerate(st.li):
+        members.setdefault(L, []).append(i)
 
     def push(i: int) -> None:
         m = _best_move(st, i, opts[i])
         if m is not None:
             heapq.heappush(heap, (-m[0], -m[1], i, m[2], uver[i], lver[st.li[i]]))
 
+    todo: Sequence[int] = range(n)
+    if st.stage_cap is not None and n > 64:
+        heap = _first_moves(st, _option_mask(st.net, st.stage_cap))
+        todo = []
     for _ in range(50):
-        for i in range(n):
-            push(i)
+        for i in todo:
+            if st.a[i] != 0 or len(opts[i]) > 1:
+                push(i)
         if not heap:
             return
+        touched = set()
         while heap:
             _, _, i, o, uv, lv = heapq.heappop(heap)
             if uv != uver[i]:
@@ -516,8 +555,86 @@ def _improve(st: _State, opts: list[list[int]]) -> None:
             st.apply(i, o)
             uver[i] += 1
             lver[st.li[i]] += 1
+            touched.add(st.li[i])
             push(i)
-        # another sweep: layer changes may have made moves worth taking that were not before
+        if not st.ov:  # without overlap a move never changes what another unit gains
+            return
+        todo = [i for L in sorted(touched) for i in members[L]]
+
+
+def _first_moves(st: _State, ok: np.ndarray) -> list[tuple[float, float, int, int, int, int]]:
+    """The heap of `_improve` for every unit at once (vectorised `_best_move`, fixed staging:
+    a mode switch on the same tier then never changes the reserve)."""
+    net = st.net
+    a = np.array(st.a)
+    tier = (np.arange(net.O) + 1) // 2
+    tp = tier[a]
+    gain = -_all_deltas(st, ok)
+    room = _room(st)
+    same = tier[None, :] == tp[:, None]
+    fits = same | (net.b[:, None] <= room[tier][None, :] * (1 + _ROUND) + 1e-6)
+    good = (tier[None, :] <= tp[:, None]) & (np.arange(net.O)[None, :] != a[:, None]) & fits \
+        & (gain > _EPS)
+    prio = np.where(same, np.inf, gain / np.maximum(net.b, 1.0)[:, None])
+    prio = np.where(good, prio, -np.inf)
+    o = prio.argmax(axis=1)
+    rows = np.flatnonzero(good.any(axis=1))
+    heap = [(-p, -g, i, oo, 0, 0) for p, g, i, oo in zip(
+        prio[rows, o[rows]].tolist(), gain[rows, o[rows]].tolist(), rows.tolist(),
+        o[rows].tolist(), strict=True)]
+    heapq.heapify(heap)
+    return heap
+
+
+def _fill_start(net: _Net, stage_cap: float, top_down: bool) -> list[int] | None:
+    """Vectorised start under a fixed staging reserve, each unit in its cheapest mode per tier.
+
+    Bottom-up: every unit in the slowest tier it may use; where a tier overflows, the units
+    gaining most per byte from a faster tier move up one tier. Top-down: the fastest tier
+    takes the units gaining most per byte over their best slower tier, as many as fit, and so
+    on down. None if it cannot fit everything.
+    """
+    stand = np.where(_option_mask(net, stage_cap),
+                     (np.maximum(net.c, net.x) if net.overlap else net.c + net.x) + net.h, np.inf)
+    tier = (np.arange(net.O) + 1) // 2
+    per_tier = np.stack([np.where(tier == t, stand, np.inf) for t in range(net.T)], axis=1)
+    best_o, best_c = per_tier.argmin(axis=2), per_tier.min(axis=2)  # (n, T)
+    allowed = np.isfinite(best_c)
+    if not allowed.any(axis=1).all():
+        return None
+    room = net.cap.astype(float).copy()
+    room[0] -= stage_cap
+    span = np.arange(net.T)
+    per_byte = np.maximum(net.b, 1.0)
+    if top_down:
+        cur = np.full(net.n, -1)
+        for t in range(net.T):
+            here = np.flatnonzero((cur < 0) & allowed[:, t])
+            slower = np.where(allowed[here, t + 1:], best_c[here, t + 1:], np.inf).min(axis=1) \
+                if t + 1 < net.T else np.full(len(here), np.inf)
+            order = here[np.argsort(-(slower - best_c[here, t]) / per_byte[here], kind="stable")]
+            take = order[np.cumsum(net.b[order]) <= room[t] * (1 + _ROUND)]
+            cur[take] = t
+        if (cur < 0).any():
+            return None
+        return best_o[np.arange(net.n), cur].tolist()
+    cur = np.where(allowed, span, -1).max(axis=1)
+    for t in range(net.T - 1, -1, -1):
+        here = np.flatnonzero(cur == t)
+        if net.b[here].sum() <= room[t] * (1 + _ROUND):
+            room[t] -= net.b[here].sum()
+            continue
+        faster = np.where(allowed[here, :t], best_c[here, :t], np.inf).min(axis=1) if t else \
+            np.full(len(here), np.inf)
+        gain = np.where(np.isfinite(faster), best_c[here, t] - faster, -np.inf)
+        order = here[np.argsort(gain / per_byte[here], kind="stable")]
+        keep = np.cumsum(net.b[order]) <= room[t] * (1 + _ROUND)
+        up = order[~keep]
+        if t == 0 or not allowed[up, :t].any(axis=1).all():
+            return None
+        room[t] -= net.b[order[keep]].sum()
+        cur[up] = np.where(allowed[up, :t], span[:t], -1).max(axis=1)
+    return best_o[np.arange(net.n), cur].tolist()
 
 
 def _local_search(st: _State, opts: list[list[int]], sweeps: int = 20) -> None:
@@ -534,6 +651,38 @@ def _local_search(st: _State, opts: list[list[int]], sweeps: int = 20) -> None:
                         best, bo = d, o
             if bo >= 0:
                 st.apply(i, bo)
+                moved = True
+        if not moved:
+            return
+
+
+def _combos(choices: Sequence[Sequence[int]], start: int = 0, stop: int | None = None
+            ) -> np.ndarray:
+    """Rows start..stop of the cartesian product of `choices` (mixed radix, last varies last)."""
+    radix = [len(c) for c in choices]
+    k = np.arange(start, math.prod(radix) if stop is None else stop)
+    out = np.empty((len(k), len(choices)), np.int64)
+    for j, c in enumerate(choices):
+        k, d = np.divmod(k, radix[j])
+        out[:, j] = np.asarray(c, np.int64)[d]
+    return out
+
+
+def _vector_search(st: _State, rounds: int = 3) -> None:
+    """Single-move local search for big problems: every move is scored at once, then the
+    improving ones are applied best first, each re-checked against the current state."""
+    ok = _option_mask(st.net, None)
+    for _ in range(rounds):
+        d = _all_deltas(st, ok)
+        d[np.arange(st.net.n), st.a] = np.inf
+        i_s, o_s = np.nonzero(d < -_EPS)
+        if len(i_s) == 0:
+            return
+        moved = False
+        for k in np.argsort(d[i_s, o_s], kind="stable").tolist():
+            i, o = int(i_s[k]), int(o_s[k])
+            if st.a[i] != o and st.delta(i, o) < -_EPS and st.fits(i, o):
+                st.apply(i, o)
                 moved = True
         if not moved:
             return
@@ -558,7 +707,7 @@ def _subsolve(st: _State, opts: list[list[int]], free: Sequence[int]) -> bool:
         if _is_stream(o):
             streams[st.b[i]] -= 1
     fixed_stage = max((b for b, k in streams.items() if k > 0), default=0.0)
-    sel = np.array(list(itertools.product(*(opts[i] for i in free))), np.int64)
+    sel = _combos([opts[i] for i in free])
     cols = np.array([col[st.li[i]] for i in free])
     onehot = np.zeros((len(free), len(layers)))
     onehot[np.arange(len(free)), cols] = 1.0
@@ -585,21 +734,30 @@ def _subsolve(st: _State, opts: list[list[int]], free: Sequence[int]) -> bool:
 
 def _lns(st: _State, opts: list[list[int]], size: int = 6, patience: int = 12,
          seed: int = 0) -> None:
-    """Large-neighbourhood search: re-place small subsets of units exactly, until `patience`
-    subsets in a row bring nothing. Half of each subset are the units that lose most against
-    their best standalone option (capacity pushed them down), half are drawn at random."""
+    """Large-neighbourhood search: re-place subsets of `size` units exactly until `patience`
+    subsets in a row bring nothing. Subsets alternate between (a) the units that lose most
+    against their best standalone option (capacity pushed them down) plus random others and
+    (b) a random unit with the units closest to it in size - the swaps that repack a full tier."""
     n = len(st.a)
     if n <= size:
         _subsolve(st, opts, range(n))
         return
     rng = np.random.default_rng(seed)
     best_alone = [min(_standalone(st.net, i, o) for o in opts[i]) for i in range(n)]
-    idle = 0
+    by_size = np.argsort(st.net.b, kind="stable")
+    rank = np.empty(n, np.int64)
+    rank[by_size] = np.arange(n)
+    idle, turn = 0, 0
     while idle < patience:
-        regret = np.array([_standalone(st.net, i, st.a[i]) - best_alone[i] for i in range(n)])
-        top = np.argsort(-regret, kind="stable")[: size // 2].tolist()
-        rest = [i for i in range(n) if i not in top]
-        free = top + rng.choice(rest, size - len(top), replace=False).tolist()
+        turn += 1
+        if turn % 2:
+            regret = np.array([_standalone(st.net, i, st.a[i]) - best_alone[i] for i in range(n)])
+            top = np.argsort(-regret, kind="stable")[: size // 2].tolist()
+            rest = [i for i in range(n) if i not in top]
+            free = top + rng.choice(rest, size - len(top), replace=False).tolist()
+        else:
+            lo = int(np.clip(rank[rng.integers(n)] - size // 2, 0, n - size))
+            free = by_size[lo:lo + size].tolist()
         if _subsolve(st, opts, free):
             _local_search(st, opts)
             idle = 0
@@ -608,34 +766,158 @@ def _lns(st: _State, opts: list[list[int]], size: int = 6, patience: int = 12,
 
 
 def _stage_candidates(net: _Net, limit: int) -> list[float]:
-    """Staging reserves to try: none, then the distinct sizes of streamable units (capped)."""
+    """Staging reserves to try: none, then the distinct sizes of streamable units (thinned to
+    `limit` by quantiles)."""
     can = net.valid[:, 2::2].any(axis=1) if net.T > 1 else np.zeros(net.n, bool)
     sizes = np.unique(net.b[can])
+    sizes = sizes[sizes > 0]
     if len(sizes) > limit:
         sizes = np.unique(np.quantile(sizes, np.linspace(0, 1, limit), method="nearest"))
-    return [0.0] + [float(s) for s in sizes if s > 0]
+    return [0.0] + [float(v) for v in sizes]
 
 
-def _greedy_state(net: _Net, stage_cap: float) -> _State | None:
+def _ffd_state(net: _Net, stage_cap: float) -> _State | None:
+    """First-fit decreasing: largest units first, each into its cheapest option that still has
+    room - a feasibility fallback for tight budgets where the repair gets stuck."""
     opts = _options(net, stage_cap)
-    start = _slowest_start(net, opts)
-    if start is None:
+    st = _State(net, _slowest_start(net, opts) or [0] * net.n, stage_cap)
+    room = list(net.cap)
+    room[0] -= stage_cap
+    if room[0] < 0:
         return None
-    st = _State(net, start, stage_cap)
-    if not _repair(st, opts):
+    assign = [-1] * net.n
+    for i in np.argsort(-net.b, kind="stable").tolist():
+        for o in sorted(opts[i], key=lambda o: _standalone(net, i, o)):
+            t = _tier_of(o)
+            if net.b[i] <= room[t] * (1 + _ROUND) + 1e-6:
+                room[t] -= net.b[i]
+                assign[i] = o
+                break
+        else:
+            return None
+    st = _State(net, assign, stage_cap)
+    if st.over():
         return None
     _improve(st, opts)
     return st
+
+
+def _greedy_state(net: _Net, stage_cap: float) -> _State | None:
+    """The density greedy under a fixed staging reserve (None if it finds nothing that fits)."""
+    opts = _options(net, stage_cap)
+    start = _fill_start(net, stage_cap, top_down=True) or _fill_start(net, stage_cap, False)
+    if start is not None:
+        st = _State(net, start, stage_cap)
+    else:  # the slower repair loop: only worth it on small problems
+        start = _slowest_start(net, opts) if net.n <= _SMALL else None
+        if start is None:
+            return None
+        st = _State(net, start, stage_cap)
+        if not _repair(st, opts):
+            return None
+    if st.over():
+        return None
+    _improve(st, opts)
+    return st
+
+
+def _dp_pack(net: _Net, stage_cap: float, mu: np.ndarray, ceil: bool) -> list[int] | None:
+    """Knapsack DP over the bounded tiers: each unit takes the option minimising a separable
+    surrogate of the step time (`mu` per layer weighs compute against transfer under overlap)
+    subject to the capacities on a grid of bytes. Exact for separable problems up to the grid."""
+    free = net.cap.copy()
+    free[0] -= stage_cap
+    if free[0] < 0:
+        return None
+    opts = [[o for o in os_ if net.b[i] <= free[_tier_of(o)] * (1 + _ROUND)]
+            for i, os_ in enumerate(_options(net, stage_cap))]
+    if not all(opts):
+        return None
+    used = {_tier_of(o) for os_ in opts for o in os_}
+    bounded = [t for t in sorted(used) if free[t] < net.b.sum()]
+    grid = _DP_GRID.get(len(bounded), 0)
+    m = mu[net.li][:, None]
+    cost = (m * net.c + (1 - m) * net.x if net.overlap else net.c + net.x) + net.h
+    if not bounded:
+        return [min(os_, key=lambda o: cost[i, o]) for i, os_ in enumerate(opts)]
+    if not grid:
+        return None
+    cells = [max(free[t], 1.0) / grid for t in bounded]
+    shape = (grid + 1,) * len(bounded)
+    dp = np.full(shape, np.inf, np.float32)
+    dp[(0,) * len(bounded)] = 0.0
+    choice = np.zeros((net.n, *shape), np.int8)
+    shifts: list[list[tuple[int, int]]] = []  # per unit, per option: (axis or -1, cells)
+    tmp = np.empty(shape, np.float32)
+    mask = np.empty(shape, bool)
+    for i in range(net.n):
+        sh = []
+        for o in opts[i]:
+            t = _tier_of(o)
+            if t in bounded:
+                k = bounded.index(t)
+                q = net.b[i] / cells[k]
+                sh.append((k, int(math.ceil(q - 1e-9)) if ceil else int(round(q))))
+            else:
+                sh.append((-1, 0))
+        shifts.append(sh)
+        new = np.full(shape, np.inf, np.float32)
+        ch = choice[i]
+        for k, ((ax, w), o) in enumerate(zip(sh, opts[i], strict=True)):
+            if w > grid:
+                continue
+            axes = range(len(shape))
+            src = tuple(slice(0, grid + 1 - w) if a == ax else slice(None) for a in axes)
+            dst = tuple(slice(w, None) if a == ax else slice(None) for a in axes)
+            t_, m_ = tmp[dst], mask[dst]
+            np.add(dp[src], np.float32(cost[i, o]), out=t_)
+            np.less(t_, new[dst], out=m_)
+            np.copyto(new[dst], t_, where=m_)
+            np.copyto(ch[dst], np.int8(k), where=m_)
+        dp = new
+    if not np.isfinite(dp).any():
+        return None
+    idx = list(np.unravel_index(int(np.argmin(dp)), shape))
+    assign = [0] * net.n
+    for i in range(net.n - 1, -1, -1):
+        k = int(choice[i][tuple(idx)])
+        assign[i] = opts[i][k]
+        ax, w = shifts[i][k]
+        if ax >= 0:
+            idx[ax] -= w
+    return assign
+
+
+def _dp_starts(net: _Net, stage_cap: float, mus: list[np.ndarray]) -> list[_State]:
+    """Feasible states from the knapsack DP (both grid roundings, each layer weighting), each
+    repaired if the rounding overfilled a tier and polished by single moves."""
+    opts = _options(net, None)
+    out = []
+    for mu in mus:
+        for ceil in (True, False):
+            a = _dp_pack(net, stage_cap, mu, ceil)
+            if a is None:
+                continue
+            st = _State(net, a, None)
+            if st.over() and not _repair(st, opts):
+                continue
+            _local_search(st, opts)
+            if not st.over():
+                out.append(st)
+    return out
 
 
 def _finish(net: _Net, assign: Sequence[int], deep: bool) -> _State:
     """Re-evaluate with the true staging reserve and polish: single moves, then on small
     problems (`deep`) the large-neighbourhood search."""
     st = _State(net, assign, None)
+    if net.n > 2000:
+        _vector_search(st)
+        return st
     opts = _options(net, None)
-    _local_search(st, opts, sweeps=20 if net.n <= 2000 else 2)
-    if deep:
-        _lns(st, opts)
+    _local_search(st, opts)
+    if deep or net.n <= _LNS_MAX:
+        _lns(st, opts, patience=12 if deep else 20)
     return st
 
 
@@ -650,33 +932,61 @@ def plan_greedy(problem: Problem, *, local_search: bool = True) -> Placement:
     For each candidate staging reserve S (0 = no streaming, then sizes of streamable units)
     every unit starts in the slowest tier it may use; over-full tiers are repaired; then the lazy
     greedy moves units to faster tiers (or switches host <-> stream) by seconds saved per byte
-    until nothing fits or helps. The best S wins; a local search of single moves polishes it
-    with the true staging reserve, and on small problems (<= 48 units) a large-neighbourhood
-    search re-places subsets of 6 units exactly - density greedy alone can miss by tens of
-    percent when a few large units decide what fits.
+    until nothing fits or helps. A local search of single moves polishes the best with the true
+    staging reserve. Density greedy can miss by tens of percent when a few large units decide
+    what fits, so small problems (<= 48 units) add, per S, a knapsack DP over the bounded tiers
+    and finish with a large-neighbourhood search that re-places subsets of 6 units exactly
+    (problems up to 600 units get the LNS too). If no heuristic finds any placement that fits,
+    the MILP of `plan_lp` is asked (20 s limit) before the budgets are declared infeasible.
     """
     _check(problem)
     net = _compile(problem)
-    small = net.n <= _SMALL
-    found = []
+    small = local_search and net.n <= _SMALL
+    found: list[tuple[float, list[int]]] = []
     for S in _stage_candidates(net, 8 if small else 4):
         st = _greedy_state(net, S)
         if st is not None:
-            found.append((st.total(), S, st.a))
+            found.append((st.total(), st.a))
+        ffd = _ffd_state(net, S) if small else None
+        if ffd is not None:
+            found.append((ffd.total(), ffd.a))
+            st = st or ffd
+        if small:
+            mus = [np.ones(len(net.layer_ids))]
+            if net.overlap:
+                mus = [np.array([float(C >= X) for C, X in zip(st.C, st.X, strict=True)])
+                       if st is not None else np.zeros(len(net.layer_ids)), mus[0]]
+            found.extend((d.total(), d.a) for d in _dp_starts(net, S, mus))
+    if not found:  # big problems: first-fit decreasing
+        found = [(f.total(), f.a) for f in map(lambda S: _ffd_state(net, S),
+                 _stage_candidates(net, 4)) if f is not None]
+    if not found:  # budgets so tight that only an exact packing fits: ask the MILP
+        found = _milp_start(net)
     if not found:
         raise ConfigError("no placement fits the budgets (capacities and the staging buffer); "
                           f"the model needs {sum(u.bytes for u in problem.units) / GIB:.2f} GiB")
-    found.sort(key=lambda f: f[:2])
-    assign = found[0][2]
+    found.sort(key=lambda f: f[0])
+    assign = found[0][1]
     if local_search:
         best = None
-        for _, _, a in found[: 3 if small else 1]:
+        starts = list({tuple(a): a for _, a in found}.values())[: 3 if small else 1]
+        for a in starts:
             st = _finish(net, a, deep=small)
             if not st.over() and (best is None or st.total() < best.total() - _EPS):
                 best = st
         if best is not None:
             assign = best.a
     return _placement(problem, assign)
+
+
+def _milp_start(net: _Net, time_limit: float = 20.0) -> list[tuple[float, list[int]]]:
+    """The MILP's placement when the heuristics found none (tight packing); [] if none."""
+    try:
+        _, frac = _lp_solve(net, integral=True, time_limit=time_limit)
+    except ConfigError:
+        return []
+    st = _State(net, np.where(net.valid, frac, -1.0).argmax(axis=1).tolist(), None)
+    return [] if st.over() else [(st.total(), st.a)]
 
 
 def _lp_matrices(net: _Net) -> tuple[np.ndarray, Any, np.ndarray, Any, np.ndarray, np.ndarray]:
@@ -749,17 +1059,21 @@ def _lp_solve(net: _Net, integral: bool, time_limit: float = 60.0) -> tuple[floa
     from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
     cost_vec, A_ub, b_ub, A_eq, b_eq, var = _lp_matrices(net)
+    # seconds scaled so the step is O(1e3): HiGHS's absolute MIP gap (1e-6) stays negligible
+    unit = 1e3 / max(float(np.abs(cost_vec).max()) * max(net.n, 1), 1e-300)
+    cost_vec = cost_vec * unit
     ncol = len(cost_vec)
     nv = len(var)
     ub = np.full(ncol, np.inf)
     ub[:nv] = 1.0
-    if integral:
+    if integral:  # the same slack as `_State`, less HiGHS's feasibility tolerance (1e-7)
         integ = np.zeros(ncol)
         integ[:nv] = 1
+        rhs = np.where(b_ub > 0, b_ub * (1 + _ROUND) - 2e-7, b_ub)
         res = milp(cost_vec, integrality=integ, bounds=Bounds(np.zeros(ncol), ub),
-                   constraints=[LinearConstraint(A_ub, -np.inf, b_ub),
+                   constraints=[LinearConstraint(A_ub, -np.inf, rhs),
                                 LinearConstraint(A_eq, b_eq, b_eq)],
-                   options={"time_limit": time_limit})
+                   options={"time_limit": time_limit, "mip_rel_gap": 1e-9})
     else:
         res = linprog(cost_vec, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq,
                       bounds=np.stack([np.zeros(ncol), ub], axis=1), method="highs")
@@ -768,7 +1082,7 @@ def _lp_solve(net: _Net, integral: bool, time_limit: float = 60.0) -> tuple[floa
         raise ConfigError(f"no placement fits the budgets (solver: {res.message})")
     frac = np.zeros(net.n * net.O)
     frac[var] = np.clip(res.x[:nv], 0.0, 1.0)
-    return float(res.fun), frac.reshape(net.n, net.O)
+    return float(res.fun) / unit, frac.reshape(net.n, net.O)
 
 
 def plan_lp(problem: Problem) -> LPResult:
@@ -776,7 +1090,9 @@ def plan_lp(problem: Problem) -> LPResult:
 
     Variables are the fractions of each unit in each (tier, mode), one epigraph variable per
     layer for the max() under overlap, and the staging reserve. The rounding takes each unit's
-    largest fraction, repairs capacities, then runs the greedy moves and the local search.
+    largest fraction, repairs capacities, then runs the greedy moves and the local search; when
+    the greedy plan is faster (rounding a fractional max() is weak under overlap) that is
+    returned instead, marked ``rounded_by="greedy"``.
     """
     _check(problem)
     net = _compile(problem)
@@ -785,11 +1101,12 @@ def plan_lp(problem: Problem) -> LPResult:
     fractional = Placement(tuple(
         tuple(Part(tiers[_tier_of(o)], _mode_of(o), float(f)) for o, f in enumerate(row)
               if f > 1e-9) for row in frac))
+    greedy = plan_greedy(problem)
     assign = _round(net, frac)
-    if assign is None:
-        assign = _assign_of(problem, plan_greedy(problem))
+    if assign is None or _State(net, assign, None).total() > cost(problem, greedy).step_s:
+        return LPResult(bound, fractional, greedy, cost(problem, greedy).step_s, "greedy")
     placement = _placement(problem, assign)
-    return LPResult(bound, fractional, placement, cost(problem, placement).step_s)
+    return LPResult(bound, fractional, placement, cost(problem, placement).step_s, "lp")
 
 
 def _round(net: _Net, frac: np.ndarray) -> list[int] | None:
@@ -801,11 +1118,6 @@ def _round(net: _Net, frac: np.ndarray) -> list[int] | None:
     _improve(st, opts)
     st = _finish(net, st.a, deep=net.n <= _SMALL)
     return None if st.over() else st.a
-
-
-def _assign_of(problem: Problem, placement: Placement) -> list[int]:
-    tix = {t: k for k, t in enumerate(problem.tiers)}
-    return [_option(tix[t], m) for t, m in (placement.choice(i) for i in range(len(problem.units)))]
 
 
 def plan_exact(problem: Problem, *, max_combinations: int = 200_000) -> Placement:
@@ -833,19 +1145,13 @@ def plan_exact(problem: Problem, *, max_combinations: int = 200_000) -> Placemen
 def _brute_force(net: _Net, opts: list[list[int]], chunk: int = 20_000) -> list[int] | None:
     """Evaluate every combination, vectorised in chunks; None if none fits."""
     n, nl = net.n, len(net.layer_ids)
-    radix = [len(o) for o in opts]
-    table = [np.array(o) for o in opts]
     onehot = np.zeros((n, nl))
     onehot[np.arange(n), net.li] = 1.0
-    total = math.prod(radix)
+    total = math.prod(len(o) for o in opts)
+    rows = np.arange(n)
     best, best_t = None, math.inf
     for start in range(0, total, chunk):
-        k = np.arange(start, min(total, start + chunk))
-        sel = np.empty((len(k), n), np.int64)
-        for i in range(n):
-            k, d = np.divmod(k, radix[i])
-            sel[:, i] = table[i][d]
-        rows = np.arange(n)
+        sel = _combos(opts, start, min(total, start + chunk))
         C = net.c[rows, sel] @ onehot
         X = net.x[rows, sel] @ onehot
         H = net.h[rows, sel] @ onehot
@@ -903,13 +1209,14 @@ def plan_accelerate(problem: Problem) -> Placement:
             groups.setdefault(u.layer, []).append(i)
     order = sorted(groups)
     size = [sum(problem.units[i].bytes for i in groups[L]) for L in order]
+    after = np.maximum.accumulate(np.array([0.0] + size[::-1]))[::-1][1:].tolist()
     reserve_tiers, unbounded = accelerate_roles(problem)
     tier_of: dict[int, str] = {}
     dev, used = 0, dict.fromkeys(tiers, 0.0)
     for k, L in enumerate(order):
         while True:
             t = tiers[dev]
-            reserve = max(size[k + 1:], default=0.0) if t in reserve_tiers else 0.0
+            reserve = after[k] if t in reserve_tiers else 0.0  # the largest layer still to place
             last = dev == len(tiers) - 1
             if t == unbounded or last or used[t] + size[k] <= problem.budget[t] - reserve:
                 break
