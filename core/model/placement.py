@@ -24,6 +24,9 @@ which is the exact value for integral placements and a valid relaxation otherwis
 Planners: `plan_greedy` (fast), `plan_lp` (FlexGen-style LP: a lower bound plus a rounding),
 `plan_exact` (small problems: brute force or a MILP) and `plan_accelerate` (the baseline that
 HF accelerate's ``infer_auto_device_map`` would produce, evaluated without overlap).
+
+`Unit.prob` is informational: `exec_s`/`fetch_s` already carry the expectation over a step.
+Capacities hold to a relative slack of 1e-6 (float sums and HiGHS tolerances).
 """
 
 from __future__ import annotations
@@ -875,16 +878,26 @@ def _dp_pack(net: _Net, stage_cap: float, mu: np.ndarray, ceil: bool) -> list[in
             np.copyto(new[dst], t_, where=m_)
             np.copyto(ch[dst], np.int8(k), where=m_)
         dp = new
-    if not np.isfinite(dp).any():
-        return None
-    idx = list(np.unravel_index(int(np.argmin(dp)), shape))
-    assign = [0] * net.n
-    for i in range(net.n - 1, -1, -1):
-        k = int(choice[i][tuple(idx)])
-        assign[i] = opts[i][k]
-        ax, w = shifts[i][k]
-        if ax >= 0:
-            idx[ax] -= w
+    box = [grid] * len(bounded)
+    for _ in range(8):  # rounding to the nearest cell can overfill: shrink the box and retry
+        view = dp[tuple(slice(0, g + 1) for g in box)]
+        if not np.isfinite(view).any():
+            return None
+        idx = list(np.unravel_index(int(np.argmin(view)), view.shape))
+        assign = [0] * net.n
+        for i in range(net.n - 1, -1, -1):
+            k = int(choice[i][tuple(idx)])
+            assign[i] = opts[i][k]
+            ax, w = shifts[i][k]
+            if ax >= 0:
+                idx[ax] -= w
+        over = [sum(net.b[i] for i, o in enumerate(assign) if _tier_of(o) == t) - free[t]
+                for t in bounded]
+        if all(v <= free[t] * _ROUND for v, t in zip(over, bounded, strict=True)):
+            return assign
+        box = [g - max(0, math.ceil(v / c)) for g, v, c in zip(box, over, cells, strict=True)]
+        if min(box) < 0:
+            return None
     return assign
 
 
