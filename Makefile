@@ -41,6 +41,12 @@ demo: $(VENV)/.base
 		np.save('demo/w.npy', w)"
 	$(BIN)/memstack quantize demo/w.npy -s q8_0,q4_0,nf4,mx:fp4,bfp:4:outlier,split:q4_0 \
 		--report --format table
+	$(BIN)/memstack simulate --model llama-3-8b --target l4 --ctx 2048 --weights q4_0 \
+		--format table
+	$(BIN)/memstack simulate --store $(DEMO_STORE) --model llama-3-8b --target l4 \
+		--strategies full-context,recall:k=3,kv-cache --format table
+	$(BIN)/memstack offload-plan --model mixtral-8x7b --target rtx4090 --weights q4_0 \
+		--budget hbm=20GiB,dram=48GiB -q | $(BIN)/memstack simulate --plan - --format table
 
 test: $(VENV)/.dev
 	$(BIN)/ruff check .
