@@ -53,7 +53,7 @@ def _hw_table(rec: dict[str, Any]) -> None:
         click.echo(f"source     {s}")
 
 
-@click.command(name="hw")
+@click.command(name="hw", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, help="Smaller arrays and fewer repeats (~2 s, not ~15 s).")
 @click.option("--save", is_flag=True,
               help=f"Also store it as the target {THIS_MACHINE!r}, which `--target "
@@ -128,7 +128,7 @@ def _decode_table(rec: dict[str, Any]) -> None:
                    f"({rec['predicted_over_measured']:.2f}× measured)")
 
 
-@click.command(name="decode")
+@click.command(name="decode", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model", required=True, metavar="PATH", help="A llama GGUF file.")
 @click.option("--prompt", type=click.IntRange(min=1, max=4096), default=64, show_default=True,
               help="Prompt tokens evaluated before decoding.")
