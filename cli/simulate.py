@@ -22,7 +22,7 @@ def _gib(x: float) -> str:
 
 
 def _ms(x: float) -> str:
-    return f"{x * 1e3:.3f} ms" if x < 10 else f"{x:.2f} s"
+    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
 
 
 def _sim_table(rec: dict, phases: list[str]) -> None:
