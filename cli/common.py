@@ -156,3 +156,16 @@ def refuse_binary_tty(fmt: str) -> None:
     if fmt == "msgpack" and sys.stdout.isatty():
         raise click.UsageError("msgpack is not written to a terminal; use --format jsonl|table "
                                "or redirect the output")
+
+
+def emit_records(records, fmt: str) -> None:
+    """Write records to stdout as a framed msgpack or JSONL stream (header … trailer)."""
+    from memstack.formats.stream import RecordWriter
+
+    with RecordWriter(sys.stdout.buffer, fmt) as writer:
+        for rec in records:
+            writer.write(rec)
+
+
+def gib(x: float) -> str:
+    return f"{x / 2**30:.2f} GiB"

@@ -3,30 +3,23 @@ caches from routing traces; plan flash-resident FFN rows."""
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from memstack.cli.common import format_option, quiet_option, refuse_binary_tty, resolve_format
-
-
-def _emit(records, fmt: str) -> None:
-    from memstack.formats.stream import RecordWriter
-
-    with RecordWriter(sys.stdout.buffer, fmt) as writer:
-        for rec in records:
-            writer.write(rec)
-
-
-def _gib(x: float) -> str:
-    return f"{x / 2**30:.2f} GiB"
+from memstack.cli.common import (
+    emit_records,
+    format_option,
+    gib,
+    quiet_option,
+    refuse_binary_tty,
+    resolve_format,
+)
 
 
 def _plan_table(rec: dict, baseline: dict | None) -> None:
     w = rec["workload"]
     click.echo(f"plan ({rec['method']}) for {rec['model']['name']} on {rec['target']['name']}: "
                f"batch {w['batch']}, ctx {w['ctx']}, weights {w['weights']}, kv {w['kv']}")
-    click.echo("bytes per tier: " + ", ".join(f"{k} {_gib(v)}" for k, v in rec["bytes"].items()))
+    click.echo("bytes per tier: " + ", ".join(f"{k} {gib(v)}" for k, v in rec["bytes"].items()))
     counts: dict[tuple[str, str, str], int] = {}
     for u in rec["units"]:
         for part in u["parts"]:
@@ -127,10 +120,10 @@ def offload_cmd(model, target, budget, batch, ctx, gen, weights, kv, act, method
     if fmt == "table":
         _plan_table(rec, baseline)
         return
-    _emit([rec], fmt)
+    emit_records([rec], fmt)
     if not quiet:
         msg = (f"offload-plan: {method}: {rec['tpot_s'] * 1e3:.2f} ms/token; "
-               + ", ".join(f"{k} {_gib(v)}" for k, v in rec["bytes"].items()))
+               + ", ".join(f"{k} {gib(v)}" for k, v in rec["bytes"].items()))
         if baseline is not None:
             msg += (f"; accelerate-style baseline {baseline['tpot_s'] * 1e3:.2f} ms "
                     f"({baseline['tpot_s'] / rec['tpot_s']:.2f}×)")
@@ -181,6 +174,6 @@ def simulate_plan(fp, fmt: str) -> None:
             click.echo(f"{r['model']} on {r['target']} with the {r['plan']} plan: TTFT "
                        f"{r['ttft_s'] * 1e3:.1f} ms, {r['tpot_s'] * 1e3:.2f} ms/token "
                        f"({r['decode_tok_s']:.2f} tok/s); "
-                       + ", ".join(f"{k} {_gib(v)}" for k, v in (r["bytes"] or {}).items()))
+                       + ", ".join(f"{k} {gib(v)}" for k, v in (r["bytes"] or {}).items()))
     else:
-        _emit(out, fmt)
+        emit_records(out, fmt)

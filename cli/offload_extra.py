@@ -3,19 +3,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
+from memstack.cli.common import emit_records
 from memstack.core.errors import ConfigError
-
-
-def _emit(records, fmt: str) -> None:
-    from memstack.formats.stream import RecordWriter
-
-    with RecordWriter(sys.stdout.buffer, fmt) as writer:
-        for rec in records:
-            writer.write(rec)
 
 
 def expert_cache_cmd(path: str, experts: int | None, top_k: int | None, fmt: str,
@@ -37,7 +28,7 @@ def expert_cache_cmd(path: str, experts: int | None, top_k: int | None, fmt: str
     rec = expert_cache.expert_cache_record(trace, experts)
     rec["trace"] = path
     if fmt != "table":
-        _emit([rec], fmt)
+        emit_records([rec], fmt)
         return
     pols = list(rec["policies"])
     click.echo(f"{rec['tokens']:,} tokens × {rec['layers']} layers, {experts} experts, "
@@ -103,7 +94,7 @@ def flash_cmd(spec, target, weights: str, active: float | None, budget: str | No
                     "tpot_s": rest + r["io_s"], "naive_tpot_s": rest + naive,
                     "speedup_vs_naive": (rest + naive) / (rest + r["io_s"])})
     if fmt != "table":
-        _emit(out, fmt)
+        emit_records(out, fmt)
         return
     click.echo(f"{spec.name} FFN rows on {target.name}'s {tier.name}, {active:.0%} of neurons "
                f"active per token, {dram / 2**30:.2f} GiB of {host.name} left for the window")

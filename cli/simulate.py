@@ -6,19 +6,13 @@ import sys
 
 import click
 
-from memstack.cli.common import format_option, refuse_binary_tty, resolve_format
-
-
-def _emit(records, fmt: str) -> None:
-    from memstack.formats.stream import RecordWriter
-
-    with RecordWriter(sys.stdout.buffer, fmt) as writer:
-        for rec in records:
-            writer.write(rec)
-
-
-def _gib(x: float) -> str:
-    return f"{x / 2**30:.2f} GiB"
+from memstack.cli.common import (
+    emit_records,
+    format_option,
+    gib,
+    refuse_binary_tty,
+    resolve_format,
+)
 
 
 def _ms(x: float) -> str:
@@ -46,9 +40,9 @@ def _sim_table(rec: dict, phases: list[str]) -> None:
                f"TPOT {_ms(rec['tpot_s'])} ({rec['decode_tok_s']:,.1f} tok/s over the batch, "
                f"decode {rec['decode_bound']}-bound) · end to end {_ms(rec['e2e_s'])}")
     fits = "fits" if rec["fits"] else "DOES NOT FIT"
-    click.echo(f"memory: weights {_gib(rec['mem_weights'])} + KV {_gib(rec['mem_kv'])} + "
-               f"buffers {_gib(rec['mem_act'])} = {_gib(rec['mem_total'])} of "
-               f"{_gib(rec['capacity'])}: {fits}")
+    click.echo(f"memory: weights {gib(rec['mem_weights'])} + KV {gib(rec['mem_kv'])} + "
+               f"buffers {gib(rec['mem_act'])} = {gib(rec['mem_total'])} of "
+               f"{gib(rec['capacity'])}: {fits}")
 
 
 def _sweep_table(records) -> None:
@@ -75,7 +69,7 @@ def _strategy_table(records: list[dict]) -> None:
         sp = r.get("speedup_vs_full")
         click.echo(f"{r['strategy']:14} {r['prompt_tokens']:>9,} {r['cached_tokens']:>9,} "
                    f"{_ms(r['ttft_s']):>11} {_ms(r['decode_s']):>11} {_ms(r['total_s']):>11} "
-                   f"{_gib(r['kv_bytes']):>11} {str(r['fits']):>5} "
+                   f"{gib(r['kv_bytes']):>11} {str(r['fits']):>5} "
                    f"{(f'{sp:.1f}×' if sp else '-'):>8}")
 
 
@@ -177,7 +171,7 @@ def simulate_cmd(model, target, batch, ctx, gen, weights, kv, act, phase, sweep,
         _sim_table(rec, phases)
     else:
         rec["ops"] = [op for op in rec["ops"] if op["phase"] in phases]
-        _emit([rec], fmt)
+        emit_records([rec], fmt)
 
 
 def _run_sweep(grid, model, target, batch, ctx, gen, weights, kv, act, fmt, plot) -> None:
@@ -245,4 +239,4 @@ def _run_strategies(spec, tgt, store, strategies, memories, memory_tokens, query
                    f"tokens, answer {gen} tokens")
         _strategy_table(recs)
     else:
-        _emit(recs, fmt)
+        emit_records(recs, fmt)
