@@ -169,3 +169,13 @@ def emit_records(records, fmt: str) -> None:
 
 def gib(x: float) -> str:
     return f"{x / 2**30:.2f} GiB"
+
+
+def load_target_noting(ref: str):
+    """load_target, saying on stderr when `this-machine` has to be measured first."""
+    from memstack.core.model import targets
+
+    if ref == targets.THIS_MACHINE and not targets.saved_path(ref).is_file():
+        click.echo("memstack: measuring this machine (~3 s); `memstack bench hw --save` keeps "
+                   "a measurement", err=True)
+    return targets.load_target(ref)

@@ -9,6 +9,7 @@ from memstack.cli.common import (
     emit_records,
     format_option,
     gib,
+    load_target_noting,
     quiet_option,
     refuse_binary_tty,
     resolve_format,
@@ -93,10 +94,9 @@ def offload_cmd(model, target, budget, batch, ctx, gen, weights, kv, act, method
     if not model:
         raise click.UsageError("give --model (or --routing-trace)")
     from memstack.core.model.load_spec import load_model
-    from memstack.core.model.targets import load_target
 
     spec = load_model(model)
-    tgt = load_target(target)
+    tgt = load_target_noting(target)
     if flash:
         from memstack.cli.offload_extra import flash_cmd
 

@@ -10,6 +10,7 @@ from memstack.cli.common import (
     emit_records,
     format_option,
     gib,
+    load_target_noting,
     refuse_binary_tty,
     resolve_format,
 )
@@ -136,7 +137,6 @@ def simulate_cmd(model, target, batch, ctx, gen, weights, kv, act, phase, sweep,
     """
     from memstack.core.model.load_spec import load_model
     from memstack.core.model.simulate import Workload, sim_record, simulate
-    from memstack.core.model.targets import load_target
 
     fmt = resolve_format(format_)
     refuse_binary_tty(fmt)
@@ -155,7 +155,7 @@ def simulate_cmd(model, target, batch, ctx, gen, weights, kv, act, phase, sweep,
     if not model:
         raise click.UsageError("give --model (a preset, config.json or .gguf), or --plan")
     spec = load_model(model)
-    tgt = load_target(target)
+    tgt = load_target_noting(target)
     w = weights or spec.dtype
     if strategies or store or memories:
         _run_strategies(spec, tgt, store, strategies, memories, memory_tokens, query_tokens,
@@ -179,7 +179,6 @@ def _run_sweep(grid, model, target, batch, ctx, gen, weights, kv, act, fmt, plot
 
     from memstack.core.model.load_spec import load_model
     from memstack.core.model.sweep import parse_grid, run_sweep_chunks
-    from memstack.core.model.targets import load_target
 
     axes = parse_grid(grid)
     if "model" not in axes and not model:
@@ -195,7 +194,7 @@ def _run_sweep(grid, model, target, batch, ctx, gen, weights, kv, act, fmt, plot
 
     if base["weights"] is None and "weights" not in axes:
         base["weights"] = model_of(axes.get("model", [model])[0]).dtype
-    chunks = run_sweep_chunks(axes, base, model_of, load_target)
+    chunks = run_sweep_chunks(axes, base, model_of, load_target_noting)
     first = next(chunks, [])  # bad names and formats fail here, before any output
     chunks = itertools.chain([first], chunks)
     if plot:

@@ -302,7 +302,7 @@ def target_dir() -> Path:
     return Path(base) / "memstack" / "targets"
 
 
-def _saved_path(name: str) -> Path:
+def saved_path(name: str) -> Path:
     if not _SAVE_NAME.fullmatch(name):
         raise ConfigError(f"bad target name {name!r}: use letters, digits, '.', '_' and '-'")
     return target_dir() / f"{name}.msgpack"
@@ -315,7 +315,7 @@ def save_target(target: Target, name: str = THIS_MACHINE) -> Path:
     """
     from memstack.formats.stream import RecordWriter
 
-    path = _saved_path(name)
+    path = saved_path(name)
     target = validate(dataclasses.replace(target, name=name), f"target {name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=path.parent)
@@ -334,7 +334,7 @@ def save_target(target: Target, name: str = THIS_MACHINE) -> Path:
 
 def _this_machine() -> Target:
     """The saved measurement, else a quick one now (~2 s; the caller says so to the user)."""
-    path = _saved_path(THIS_MACHINE)
+    path = saved_path(THIS_MACHINE)
     if path.is_file():
         return read_target_file(str(path))
     try:
@@ -417,7 +417,7 @@ def _by_name(ref: str) -> Target:
     canonical = _alias_index().get(ref.lower())
     if canonical is not None:
         return _load_plugin(canonical) or preset(canonical)
-    saved = _saved_path(ref) if _SAVE_NAME.fullmatch(ref) else None
+    saved = saved_path(ref) if _SAVE_NAME.fullmatch(ref) else None
     if saved is not None and saved.is_file():
         return read_target_file(str(saved))
     raise ConfigError(_unknown_message(ref))
