@@ -179,3 +179,37 @@ def load_target_noting(ref: str):
         click.echo("memstack: measuring this machine (~3 s); `memstack bench hw --save` keeps "
                    "a measurement", err=True)
     return targets.load_target(ref)
+
+
+_WORKLOAD_OPTIONS = (
+    (("--model", "model"), dict(metavar="REF", help="Preset name (qwen2.5-7b, mixtral-8x7b …), "
+                                "config.json, .gguf, or a model record file.")),
+    (("--target", "target"), dict(default="this-machine", show_default=True, metavar="REF",
+                                  help="Preset (h100-sxm, l4, m1-max …), this-machine (from "
+                                       "`bench hw --save`), a target record file, or a plugin.")),
+    (("--batch",), dict(type=click.IntRange(min=1), default=1, show_default=True,
+                        help="Sequences decoded together.")),
+    (("--ctx", "--prompt", "ctx"), dict(type=click.IntRange(min=0), default=512,
+                                        show_default=True,
+                                        help="Prompt tokens per sequence (the context at "
+                                             "first token).")),
+    (("--gen",), dict(type=click.IntRange(min=1), default=128, show_default=True,
+                      help="Tokens generated per sequence (sizes the KV cache).")),
+    (("--weights",), dict(default=None, metavar="FORMAT",
+                          help="Weight format: any quantize scheme (q4_0, q8_0, nf4, mx:fp4 …), "
+                               "f16, bf16, fp8, int8, int4, bits:X (default: the model's own "
+                               "dtype).")),
+    (("--kv",), dict(default="f16", show_default=True,
+                     help="KV cache type: f16 bf16 f32 fp8 int8 q8_0 q4_0 …")),
+    (("--act",), dict(default="auto", show_default=True,
+                      help="Activation dtype: auto (fp8 with fp8 weights, as TensorRT-LLM and "
+                           "vLLM run them; else f16), f16 bf16 fp8 int8 f32.")),
+)
+
+
+def workload_options(f):
+    """--model --target --batch --ctx --gen --weights --kv --act, shared by simulate and
+    offload-plan so a plan and a simulation are asked for the same way."""
+    for decls, attrs in reversed(_WORKLOAD_OPTIONS):
+        f = click.option(*decls, **attrs)(f)
+    return f

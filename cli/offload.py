@@ -13,6 +13,7 @@ from memstack.cli.common import (
     quiet_option,
     refuse_binary_tty,
     resolve_format,
+    workload_options,
 )
 
 
@@ -35,22 +36,9 @@ def _plan_table(rec: dict, baseline: dict | None) -> None:
 
 
 @click.command(name="offload-plan")
-@click.option("--model", metavar="REF", help="Preset, config.json, .gguf or model record.")
-@click.option("--target", default="this-machine", show_default=True, metavar="REF",
-              help="Target preset, this-machine, a target record file, or a plugin.")
+@workload_options
 @click.option("--budget", metavar="TIER=SIZE,…",
               help="Capacity per tier, e.g. hbm=20GiB,dram=48GiB (default: the tiers' sizes).")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Sequences decoded together (plans minimise the time of one step).")
-@click.option("--ctx", "--prompt", "ctx", type=click.IntRange(min=0), default=512,
-              show_default=True, help="Prompt tokens per sequence.")
-@click.option("--gen", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Tokens generated per sequence (sizes the KV cache).")
-@click.option("--weights", default=None, metavar="FORMAT",
-              help="Weight format (default: the model's dtype).")
-@click.option("--kv", default="f16", show_default=True, help="KV cache type (f16, fp8, q8_0 …).")
-@click.option("--act", default="auto", show_default=True,
-              help="Activation dtype (auto: fp8 with fp8 weights, else f16).")
 @click.option("--method", type=click.Choice(("greedy", "lp", "exact", "accelerate")),
               default="greedy", show_default=True,
               help="greedy (fast), lp (FlexGen-style LP, scipy), exact (small cases), or "

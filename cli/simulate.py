@@ -13,6 +13,7 @@ from memstack.cli.common import (
     load_target_noting,
     refuse_binary_tty,
     resolve_format,
+    workload_options,
 )
 
 
@@ -75,26 +76,7 @@ def _strategy_table(records: list[dict]) -> None:
 
 
 @click.command(name="simulate")
-@click.option("--model", "model", metavar="REF",
-              help="Preset name (qwen2.5-7b, mixtral-8x7b …), config.json, .gguf, or a model "
-                   "record file.")
-@click.option("--target", "target", default="this-machine", show_default=True, metavar="REF",
-              help="Preset (h100-sxm, l4, m1-max …), this-machine (from `bench hw --save`), a "
-                   "target record file, or a plugin.")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Sequences decoded together.")
-@click.option("--ctx", "--prompt", "ctx", type=click.IntRange(min=0), default=512,
-              show_default=True, help="Prompt tokens per sequence (the context at first token).")
-@click.option("--gen", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Tokens generated per sequence.")
-@click.option("--weights", default=None, metavar="FORMAT",
-              help="Weight format: any quantize scheme (q4_0, q8_0, nf4, mx:fp4 …), f16, bf16, "
-                   "fp8, int8, int4, bits:X (default: the model's own dtype).")
-@click.option("--kv", default="f16", show_default=True,
-              help="KV cache type: f16 bf16 f32 fp8 int8 q8_0 q4_0 …")
-@click.option("--act", default="auto", show_default=True,
-              help="Activation dtype: auto (fp8 with fp8 weights, as TensorRT-LLM and vLLM run "
-                   "them; else f16), f16 bf16 fp8 int8 f32.")
+@workload_options
 @click.option("--phase", default="prefill,decode", show_default=True,
               help="Phases whose ops the table shows.")
 @click.option("--sweep", metavar="GRID",

@@ -140,9 +140,8 @@ def _peaks(target: Target, weights: Any, act: Any) -> np.ndarray:
                     wc.codes * len(ac.names) + ac.codes)
         return _lookup(pairs, lambda p: target.peak(precision.matmul_dtype(*p.split("|"))))
     w, a = np.broadcast_arrays(np.asarray(weights, dtype=object), np.asarray(act, dtype=object))
-    pairs = w if w.ndim == 0 else np.char.add(np.char.add(w.astype(str), "|"), a.astype(str))
-    if w.ndim == 0:
-        pairs = f"{w}|{a}"
+    pairs = (f"{w}|{a}" if w.ndim == 0
+             else np.char.add(np.char.add(w.astype(str), "|"), a.astype(str)))
     return _lookup(pairs, lambda p: target.peak(precision.matmul_dtype(*p.split("|"))))
 
 
