@@ -58,11 +58,13 @@ def store_path(explicit: str | None) -> str:
 
 
 def open_store(path: str | None, *, write: bool = False, create: bool = False,
-               lock_timeout: float = 30.0):
-    """Open the store; the caller's click context closes it when the command ends."""
+               lock_timeout: float = 30.0, lazy: bool = False):
+    """Open the store; the caller's click context closes it when the command ends. A lazy
+    writer takes the writer lock per transaction (long jobs let ingest in between)."""
     from memstack.core.store import LmdbStore
 
-    store = LmdbStore(store_path(path), write=write, create=create, lock_timeout=lock_timeout)
+    store = LmdbStore(store_path(path), write=write, create=create, lock_timeout=lock_timeout,
+                      lazy_lock=lazy)
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.call_on_close(store.close)

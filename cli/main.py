@@ -10,6 +10,7 @@ import click
 from memstack import __version__
 from memstack.cli.bench import bench_group
 from memstack.cli.bench_model import decode_cmd, hw_cmd
+from memstack.cli.consolidate import consolidate_cmd, history_cmd
 from memstack.cli.ingest import ingest_cmd
 from memstack.cli.offload import offload_cmd
 from memstack.cli.plugins import plugins_cmd
@@ -40,6 +41,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 cli.add_command(ingest_cmd)
 cli.add_command(recall_cmd)
+cli.add_command(consolidate_cmd)
+cli.add_command(history_cmd)
 cli.add_command(store_group)
 cli.add_command(plugins_cmd)
 cli.add_command(quantize_cmd)

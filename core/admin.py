@@ -17,7 +17,10 @@ from memstack.core.store import (
     BLOCK_ROWS,
     CODE_BITS,
     COLUMNS,
+    LATE_COLUMNS,
+    STATUS_CODE,
     LmdbStore,
+    status_of,
 )
 from memstack.formats.records import check_memory
 
@@ -26,6 +29,7 @@ def stats(store: LmdbStore) -> dict:
     """Counts by namespace, level and validity, sizes, and the store identity."""
     by_ns: Counter = Counter()
     by_level: Counter = Counter()
+    by_status: Counter = Counter()
     current = 0
     tokens = 0
     with store.snapshot() as snap:
@@ -41,14 +45,25 @@ def stats(store: LmdbStore) -> dict:
                 by_level[LEVELS[int(code)]] = int(cnt)
             current = int(np.isinf(snap.column("valid_to")).sum())
             tokens = int(snap.column("tokens").sum())
+            names = {v: k for k, v in STATUS_CODE.items()}
+            for code, cnt in zip(*np.unique(snap.column("status"), return_counts=True),
+                                 strict=True):
+                by_status[names.get(int(code), str(code))] = int(cnt)
         terms = snap.txn.stat(store.dbs["postings"])["entries"]
         vectors = vector_quant.describe(snap)
+        ddb = store.late_db("decisions")
+        n_decisions = snap.txn.stat(ddb)["entries"] if ddb is not None else 0
     info = store.env.info()
+    state = store.meta.get("consolidate") or {}
     disk = os.path.getsize(os.path.join(store.path, "data.mdb"))
     return {
         "v": 1, "kind": "store_stats", "path": store.path, "memories": n, "current": current,
         "tokens": tokens, "namespaces": dict(sorted(by_ns.items())),
-        "levels": dict(sorted(by_level.items())), "posting_segments": terms,
+        "levels": dict(sorted(by_level.items())), "status": dict(sorted(by_status.items())),
+        "decisions": n_decisions,
+        "consolidated": {"runs": int(state.get("runs", 0)), "upto": int(state.get("upto", 0)),
+                         "clusters": len(state.get("clusters", []))},
+        "posting_segments": terms,
         "bytes_on_disk": disk, "map_size": info["map_size"],
         "embedder": store.meta.get("embedder"), "tokenizer": store.meta.get("tokenizer"),
         "schema": store.meta.get("schema"), "vectors": vectors,
@@ -75,6 +90,8 @@ def verify(store: LmdbStore) -> list[str]:
                 count = txn.stat(db)["entries"]
                 if count != n:
                     problems.append(f"{name}: {count} entries, stats say {n}")
+            status_col = snap.column("status") if n else np.zeros(0, np.uint8)
+            vt_col = snap.column("valid_to") if n else np.zeros(0)
             for d in range(n):
                 try:
                     rid = snap.doc_id(d)
@@ -90,6 +107,11 @@ def verify(store: LmdbStore) -> list[str]:
                 why = check_memory(rec)
                 if why:
                     problems.append(f"record {rid}: {why}")
+                if status_of(rec) != status_col[d]:
+                    problems.append(f"record {rid}: status column {status_col[d]} disagrees "
+                                    f"with the record ({status_of(rec)})")
+                if bool(rec.get("valid_to")) == bool(np.isinf(vt_col[d])):
+                    problems.append(f"record {rid}: valid_to column disagrees with the record")
                 if snap.docno(rid) != d:
                     problems.append(f"record {rid}: docno map disagrees ({snap.docno(rid)} != {d})")
                 if len(problems) > 100:
@@ -97,6 +119,8 @@ def verify(store: LmdbStore) -> list[str]:
                     return problems
             for name in COLUMNS:
                 blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+                if name in LATE_COLUMNS and not snap.has_column(name):
+                    continue  # a store older than the column: read as its default
                 for b in range(blocks):
                     raw = txn.get(f"{name}:".encode() + b.to_bytes(4, "big"), db=dbs["cols"])
                     if raw is None or len(raw) != BLOCK_ROWS * np.dtype(COLUMNS[name]).itemsize:

@@ -46,6 +46,9 @@ CODE_BITS = 256  # SimHash bits per vector: the prefilter of recall on big store
 SEGMENT_MAX = 65536
 DB_NAMES = ("records", "docnos", "ids", "cols", "vectors", "codes", "postings", "meta", "log")
 QVECTORS = "qvectors"  # made on demand: stores that were never quantized do not have it
+# made by the first consolidate (older stores lack them): decision records, the memory ->
+# decision index behind `memstack history`, consolidate's candidate index, the LLM cache
+LATE_DBS = ("decisions", "dec_index", "cindex", "llm_cache")
 COLUMNS = {
     "ns": np.uint32,
     "t_event": np.float64,
@@ -56,8 +59,17 @@ COLUMNS = {
     "dl": np.uint32,
     "tokens": np.uint32,
     "status": np.uint8,
+    "importance": np.float32,  # written by consolidate; 0 until then
+    "tier": np.uint8,  # decay tier (core/consolidate/decay.py), 0 = none yet
+    "novelty": np.float32,  # 1 - cosine to the nearest earlier memory (consolidate)
+    "degree": np.uint16,  # links made by consolidate
 }
-STATUS_ACTIVE, STATUS_ARCHIVED = 0, 1
+# columns older stores may lack: read as their default until consolidate writes them
+LATE_COLUMNS = {"importance": 0.0, "tier": 0, "novelty": 1.0, "degree": 0}
+STATUS_ACTIVE, STATUS_ARCHIVED, STATUS_MERGED, STATUS_QUARANTINED = 0, 1, 2, 3
+TIER_CODE = {"short": 1, "mid": 2, "long": 3, "pinned": 4}
+STATUS_CODE = {"active": STATUS_ACTIVE, "archived": STATUS_ARCHIVED, "merged": STATUS_MERGED,
+               "quarantined": STATUS_QUARANTINED}
 LEVEL_CODE = {name: i for i, name in enumerate(LEVELS)}
 DEFAULT_MAP_SIZE = 256 << 20
 _U32 = struct.Struct(">I")
@@ -139,6 +151,20 @@ class Prepared:
         return len(self.ids)
 
 
+def status_of(rec: dict) -> int:
+    """Status code of a record: meta.status, or the older meta.archived flag."""
+    meta = rec.get("meta") or {}
+    if meta.get("status"):
+        return STATUS_CODE.get(meta["status"], STATUS_ACTIVE)
+    return STATUS_ARCHIVED if meta.get("archived") else STATUS_ACTIVE
+
+
+def tier_of(rec: dict) -> int:
+    """Decay tier code: pinned memories (meta.pinned) never decay."""
+    meta = rec.get("meta") or {}
+    return TIER_CODE["pinned"] if meta.get("pinned") else TIER_CODE.get(meta.get("tier"), 0)
+
+
 def row_columns(records: list[dict], doc_len: np.ndarray, groups: np.ndarray) -> dict:
     """Column values of a batch of records (all but the namespace code)."""
     m = len(records)
@@ -155,8 +181,12 @@ def row_columns(records: list[dict], doc_len: np.ndarray, groups: np.ndarray) ->
         "group": groups.astype(np.uint32),
         "dl": doc_len.astype(np.uint32),
         "tokens": np.fromiter((r.get("tokens") or 0 for r in records), np.uint32, m),
-        "status": np.fromiter((STATUS_ARCHIVED if (r.get("meta") or {}).get("archived")
-                               else STATUS_ACTIVE for r in records), np.uint8, m),
+        "status": np.fromiter((status_of(r) for r in records), np.uint8, m),
+        "importance": np.fromiter((float((r.get("meta") or {}).get("importance") or 0.0)
+                                   for r in records), np.float32, m),
+        "tier": np.fromiter((tier_of(r) for r in records), np.uint8, m),
+        "novelty": np.ones(m, dtype=np.float32),
+        "degree": np.zeros(m, dtype=np.uint16),
     }
 
 
@@ -166,11 +196,17 @@ class LmdbStore:
     name = "lmdb"
 
     def __init__(self, path: str, *, write: bool = False, create: bool = False,
-                 lock_timeout: float = 30.0, map_size: int | None = None):
+                 lock_timeout: float = 30.0, map_size: int | None = None,
+                 lazy_lock: bool = False):
         self.path = os.path.abspath(path)
         self.write = write
         self._lock_fd: int | None = None
         self._qdb = None
+        self._late: dict[str, object] = {}
+        # a lazy writer takes the writer lock per transaction, not for its lifetime, so a
+        # long consolidate lets ingest in between its commits
+        self.lazy_lock = lazy_lock and write
+        self.lock_timeout = lock_timeout
         if not os.path.isdir(self.path):
             if not create:
                 raise StoreError(f"{path}: no store here (create one with `memstack ingest`)")
@@ -183,11 +219,11 @@ class LmdbStore:
         if not os.path.exists(os.path.join(self.path, "data.mdb")) and not (write and create):
             # checked before locking: opening without create must leave no files behind
             raise StoreError(f"{path}: no store here (create one with `memstack ingest`)")
-        if write:
+        if write and not self.lazy_lock:
             self._lock(lock_timeout)
         want = map_size or int(os.environ.get("MEMSTACK_MAP_SIZE", DEFAULT_MAP_SIZE))
         try:
-            self.env = lmdb.open(self.path, map_size=want, max_dbs=len(DB_NAMES) + 3,
+            self.env = lmdb.open(self.path, map_size=want, max_dbs=len(DB_NAMES) + 8,
                                  max_readers=1024, subdir=True, readonly=not write,
                                  max_spare_txns=4)
         except lmdb.Error as exc:
@@ -209,6 +245,8 @@ class LmdbStore:
         self.meta = self._read_meta()
         try:
             self.qvectors_db()
+            for name in LATE_DBS:  # before any transaction, so every transaction can use them
+                self.late_db(name)
         except lmdb.Error as exc:
             self.close()
             raise StoreError(f"{path}: corrupt store ({_lmdb_reason(exc)})") from None
@@ -285,6 +323,29 @@ class LmdbStore:
                     raise
         return self._qdb
 
+    def late_db(self, name: str, create: bool = False):
+        """Handle of a database consolidate adds (None while it does not exist)."""
+        if name not in self._late:
+            for attempt in range(3):
+                try:
+                    self._late[name] = self.env.open_db(name.encode(),
+                                                        create=create and self.write)
+                    break
+                except lmdb.NotFoundError:
+                    return None
+                except lmdb.MapResizedError:
+                    self.env.set_mapsize(0)
+                    if attempt == 2:
+                        raise
+        return self._late[name]
+
+    def ensure_late_dbs(self) -> None:
+        """Create consolidate's databases, outside any transaction (LMDB opens a database
+        in a write transaction of its own)."""
+        for name in LATE_DBS:
+            if self.late_db(name, create=True) is None:
+                raise StoreError(f"{self.path}: cannot create database {name!r}")
+
     # -- meta and identity -------------------------------------------------------------
     def _read_meta(self) -> dict:
         with self._read_txn() as txn:
@@ -342,8 +403,19 @@ class LmdbStore:
     def _write_txn(self):
         if not self.write:
             raise StoreError(f"{self.path}: store opened read-only")
-        with self.env.begin(write=True) as txn:
-            yield txn
+        if not self.lazy_lock or self._lock_fd is not None:
+            with self.env.begin(write=True) as txn:
+                yield txn
+            return
+        self._lock(self.lock_timeout)
+        try:
+            with self.env.begin(write=True) as txn:
+                # another writer may have committed since we last looked
+                self.meta = {bytes(k).decode(): unpack(v)
+                             for k, v in txn.cursor(db=self.dbs["meta"])}
+                yield txn
+        finally:
+            self._unlock()
 
     def _grow(self) -> None:
         size = self.env.info()["map_size"]
@@ -413,7 +485,8 @@ class LmdbStore:
         stats["total_len"] = int(stats["total_len"]) + int(cols["dl"].sum())
         stats["not_current"] = int(stats.get("not_current", 0)) + int(
             np.isfinite(cols["valid_to"]).sum())
-        stats["archived"] = int(stats.get("archived", 0)) + int(cols["status"].sum())
+        stats["archived"] = int(stats.get("archived", 0)) + int(
+            np.count_nonzero(cols["status"]))
         self._put_meta(txn, "stats", stats)
         self._put_meta(txn, "ns_codes", ns_codes)
         return m, len(b) - m
@@ -427,7 +500,7 @@ class LmdbStore:
             take = min(BLOCK_ROWS - off, len(values) - pos)
             key = f"{name}:".encode() + _U32.pack(block)
             old = txn.get(key, db=db)
-            arr = np.zeros(BLOCK_ROWS, dtype=values.dtype)
+            arr = np.full(BLOCK_ROWS, LATE_COLUMNS.get(name, 0), dtype=values.dtype)
             if old is not None:
                 arr[:] = np.frombuffer(old, dtype=values.dtype)
             arr[off : off + take] = values[pos : pos + take]
@@ -609,6 +682,140 @@ class LmdbStore:
             merged += self.write_batch(fn)
         return merged
 
+    # -- consolidation: in-place marks, decisions, candidate index ---------------------
+    def update_records(self, txn, records: list[dict]) -> int:
+        """Rewrite records whose mutable fields changed (validity, status, links, meta) and
+        their columns. Text, ids and times of events are never touched: only marks are added.
+        Returns how many were written."""
+        stats = dict(self.stats)
+        docnos_db, rec_db = self.dbs["docnos"], self.dbs["records"]
+        rows, vt, st = [], [], []
+        for rec in records:
+            key = rec["id"].encode()
+            raw_d = txn.get(key, db=docnos_db)
+            if raw_d is None:
+                raise StoreError(f"{self.path}: memory {rec['id']} is not in the store")
+            old = unpack(txn.get(key, db=rec_db))
+            was_closed, now_closed = bool(old.get("valid_to")), bool(rec.get("valid_to"))
+            stats["not_current"] = int(stats.get("not_current", 0)) + now_closed - was_closed
+            stats["archived"] = int(stats.get("archived", 0)) + \
+                (status_of(rec) != STATUS_ACTIVE) - (status_of(old) != STATUS_ACTIVE)
+            txn.put(key, pack(rec), db=rec_db)
+            rows.append(_U32.unpack(bytes(raw_d))[0])
+            vt.append(_time(rec["valid_to"]) if rec.get("valid_to") else math.inf)
+            st.append(status_of(rec))
+        if rows:
+            at = np.asarray(rows, dtype=np.int64)
+            self.set_cells(txn, "valid_to", at, np.asarray(vt, dtype=np.float64))
+            self.set_cells(txn, "status", at, np.asarray(st, dtype=np.uint8))
+            self._put_meta(txn, "stats", stats)
+        return len(rows)
+
+    def set_cells(self, txn, name: str, docnos: np.ndarray, values: np.ndarray) -> None:
+        """Set one column at some docnos: one read-modify-write per block touched."""
+        dtype = COLUMNS[name]
+        docnos = np.asarray(docnos, dtype=np.int64)
+        values = np.asarray(values, dtype=dtype)
+        order = np.argsort(docnos, kind="stable")
+        docnos, values = docnos[order], values[order]
+        blocks = docnos // BLOCK_ROWS
+        edges = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1], True]).tolist()
+        db = self.dbs["cols"]
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            block = int(blocks[a])
+            key = f"{name}:".encode() + _U32.pack(block)
+            old = txn.get(key, db=db)
+            if old is not None:
+                arr = np.frombuffer(old, dtype=dtype).copy()
+            else:
+                arr = np.full(BLOCK_ROWS, LATE_COLUMNS.get(name, 0), dtype=dtype)
+            arr[docnos[a:b] - block * BLOCK_ROWS] = values[a:b]
+            txn.put(key, arr.tobytes(), db=db)
+
+    def put_decisions(self, txn, decisions: list[dict]) -> int:
+        """Store decision records (content addressed: an existing one is kept) and index
+        them under every memory they name. Returns how many were new."""
+        ddb, idb = self._late["decisions"], self._late["dec_index"]  # ensure_late_dbs()
+        new = 0
+        for dec in decisions:
+            did = dec["id"].encode()
+            if not txn.put(did, pack(dec), db=ddb, overwrite=False):
+                continue
+            new += 1
+            for mid in dict.fromkeys([dec["subject"], *dec.get("objects", ())]):
+                txn.put(mid.encode() + b"\x00" + did, b"", db=idb)
+        return new
+
+    def decisions_for(self, memory_id: str) -> list[dict]:
+        """Every decision that names a memory, oldest first."""
+        ddb, idb = self.late_db("decisions"), self.late_db("dec_index")
+        if ddb is None or idb is None:
+            return []
+        prefix = memory_id.encode() + b"\x00"
+        out = []
+        with self._read_txn() as txn:
+            cur = txn.cursor(db=idb)
+            if cur.set_range(prefix):
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(prefix):
+                        break
+                    raw = txn.get(key[len(prefix):], db=ddb)
+                    if raw is not None:
+                        out.append(unpack(raw))
+        return sorted(out, key=lambda d: (d.get("t", ""), d.get("seq", 0)))
+
+    def iter_decisions(self) -> Iterator[dict]:
+        """All decision records (in id order)."""
+        ddb = self.late_db("decisions")
+        if ddb is None:
+            return
+        with self._read_txn() as txn:
+            for _, raw in txn.cursor(db=ddb):
+                yield unpack(raw)
+
+    def cindex_get(self, txn, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        """Docnos filed under each candidate key (consolidate's blocking index)."""
+        db = self.late_db("cindex")
+        out: dict[bytes, np.ndarray] = {}
+        if db is None:
+            return out
+        for k in keys:
+            raw = txn.get(k, db=db)
+            if raw is not None:
+                out[k] = np.frombuffer(raw, dtype=np.uint32)
+        return out
+
+    def cindex_add(self, txn, items: dict[bytes, list[int]], cap: int = 512) -> None:
+        """File docnos under keys; a key keeps its newest `cap` (a band every text shares
+        says nothing and must not grow without bound)."""
+        db = self._late["cindex"]  # ensure_late_dbs() made it
+        for k, docs in items.items():
+            old = txn.get(k, db=db)
+            arr = np.asarray(docs, dtype=np.uint32)
+            if old is not None:
+                arr = np.concatenate([np.frombuffer(old, dtype=np.uint32), arr])
+            txn.put(k, arr[-cap:].tobytes(), db=db)
+
+    def write_column(self, txn, name: str, values: np.ndarray) -> None:
+        """Rewrite a whole column (consolidate's importance and tiers)."""
+        self._write_rows(txn, "cols", name, 0, np.asarray(values, dtype=COLUMNS[name]))
+
+    @contextmanager
+    def snapshot_in(self, txn) -> Iterator[Snapshot]:
+        """A Snapshot view of a caller's (write) transaction."""
+        raw = txn.get(b"stats", db=self.dbs["meta"])
+        stats = unpack(raw) if raw is not None else {"n": 0}
+        yield Snapshot(self, txn, stats)
+
+    def put_meta(self, txn, key: str, value) -> None:
+        """Set one meta entry inside a write transaction."""
+        self._put_meta(txn, key, value)
+
+    def add_in(self, txn, batch: Prepared) -> tuple[int, int]:
+        """add() inside a caller's write transaction (consolidate commits new memories,
+        marks and decisions together)."""
+        return self._add(txn, batch)
+
     def log_access(self, docnos: list[int]) -> None:
         """Append recall hits to the access log (decay and importance use it)."""
         now = time.time_ns()
@@ -684,8 +891,16 @@ class Snapshot:
             raw = self.txn.get(prefix + _U32.pack(block), db=db)
             lo = block * BLOCK_ROWS
             take = min(BLOCK_ROWS, self.n - lo)
+            if raw is None and name in LATE_COLUMNS:
+                out[lo : lo + take] = LATE_COLUMNS[name]
+                continue
             out[lo : lo + take] = np.frombuffer(raw, dtype=dtype, count=take)
         return out
+
+    def has_column(self, name: str) -> bool:
+        """Whether any block of a column is stored (late columns appear with consolidate)."""
+        return self.n > 0 and self.txn.get(f"{name}:".encode() + _U32.pack(0),
+                                           db=self.dbs["cols"]) is not None
 
     def column_at(self, name: str, docnos: np.ndarray) -> np.ndarray:
         """Values of one column at the given docnos, reading only the blocks they touch."""
@@ -707,6 +922,9 @@ class Snapshot:
         for a, b in zip(edges[:-1], edges[1:], strict=True):
             block = int(blocks[a])
             raw = self.txn.get(prefix + _U32.pack(block), db=db)
+            if raw is None and name in LATE_COLUMNS:
+                out[a:b] = LATE_COLUMNS[name]
+                continue
             out[a:b] = np.frombuffer(raw, dtype=dtype)[docnos[a:b] - block * BLOCK_ROWS]
         if order is not None:
             result = np.empty_like(out)

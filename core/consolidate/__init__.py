@@ -1,0 +1,1 @@
+"""consolidate: deduplicate, supersede, link, summarise and tier memories."""
