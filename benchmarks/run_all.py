@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/run_all.py            # full suite (~20-35 min), BENCHMARKS.md
     .venv/bin/python benchmarks/run_all.py --quick    # < 5 min; prints, writes only with --out
 
-Options: --only quality,ingest,recall,quantize,model (with --merge the other sections are kept from
-their last full run); --dataset PATH (repeatable, passed to
+Options: --only quality,ingest,recall,quantize,model,consolidate (with --merge the other
+sections are kept from their last full run); --dataset PATH (repeatable, passed to
 bench_quality); --out PATH. Caches (synthetic JSONL files, the 1M-memory store, the 2 GB
 safetensors file of the quantize benchmark) live under
 $MEMSTACK_BENCH_CACHE (default /tmp/memstack-bench-cache); they are rebuilt when memstack's
@@ -27,8 +27,9 @@ import common  # noqa: E402
 
 SCRIPTS = {"quality": ("bench_quality.py", 900), "ingest": ("bench_ingest.py", 1800),
            "recall": ("bench_recall.py", 2400), "quantize": ("bench_quantize.py", 1800),
-           "model": ("bench_model.py", 2400)}
-ISSUES = {"quantize": "#4", "model": "#5"}  # sections whose targets come from a later issue than #2
+           "model": ("bench_model.py", 2400), "consolidate": ("bench_consolidate.py", 1800)}
+# sections whose targets come from a later issue than #2
+ISSUES = {"quantize": "#4", "model": "#5", "consolidate": "#3"}
 
 
 def run_one(key: str, quick: bool, datasets: list[str], tmp: str) -> dict:

@@ -52,6 +52,9 @@ def _steps(value: str | None, skip: tuple[str, ...]) -> tuple[str, ...]:
                                     "is below this.")
 @click.option("--llm", default=None, metavar="SPEC",
               help="A local model for the ambiguous cases: gguf:PATH (needs the [llm] extra).")
+@click.option("--llm-facts", is_flag=True,
+              help="With --llm: also extract facts from turns the rules find none in (a call "
+                   "per such turn).")
 @click.option("--max-llm-calls", type=click.IntRange(min=0), default=200, show_default=True,
               help="LLM call budget for this run.")
 @click.option("--max-llm-tokens", type=click.IntRange(min=0), default=20000,
@@ -62,7 +65,8 @@ def _steps(value: str | None, skip: tuple[str, ...]) -> tuple[str, ...]:
 @quiet_option
 @format_option(("auto", "msgpack", "jsonl", "table"))
 def consolidate_cmd(input_, store, output, ns, since, full, dry_run, steps, skip, forget_below,
-                    llm, max_llm_calls, max_llm_tokens, chunk, lock_timeout, quiet, format_):
+                    llm, llm_facts, max_llm_calls, max_llm_tokens, chunk, lock_timeout, quiet,
+                    format_):
     """Deduplicate, supersede, link, summarise and tier memories; idempotent.
 
     Works on the store, or with INPUT ('-' or a record stream file) on those records alone,
@@ -90,6 +94,7 @@ def consolidate_cmd(input_, store, output, ns, since, full, dry_run, steps, skip
     opts = ConsolidateOptions(ns=list(ns) or None, since=parse_when(since, "--since"),
                               full=full, dry_run=dry_run, steps=_steps(steps, skip),
                               forget_below=forget_below, max_llm_calls=max_llm_calls,
+                              llm_facts=llm_facts,
                               chunk=chunk)
     if input_ is not None:
         _pipe(input_, output, opts, llm, max_llm_tokens, fmt, quiet)

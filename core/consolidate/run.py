@@ -57,6 +57,7 @@ class ConsolidateOptions:
     steps: tuple[str, ...] = STEPS
     forget_below: float | None = None
     llm: object | None = None
+    llm_facts: bool = False  # also extract facts from turns with the LLM (a call per turn)
     max_llm_calls: int = 200
     chunk: int = 5000
     now: float | None = None
@@ -148,7 +149,9 @@ class Consolidation:
         self.pending: dict[bytes, list[str]] = {}  # index keys -> ids, uncommitted
         self.col_updates: dict[str, dict[str, float]] = {}  # column -> id -> value
         self.claims: dict[str, list] = {}
-        self._cands: dict[str, dict[str, float]] = {}  # new id -> candidate ids (cosine)
+        self._cands: dict[str, dict[str, list]] = {}  # new id -> candidates (cos, reasons)
+        self.sigs: dict[str, np.ndarray] = {}  # MinHash signatures of this chunk's texts
+        self.vecs: dict[str, np.ndarray | None] = {}
         self._done = 0  # decisions already committed
         self.state = dict(store.meta.get(STATE_KEY) or {})
         self.llm = opts.llm
@@ -171,13 +174,50 @@ class Consolidation:
         return self.over[rid]
 
     def claims_of(self, rec: dict) -> list:
-        from memstack.core.consolidate.signals import extract_claims
+        """What a memory states, as (subject, slot, value) claims: an LLM-extracted fact
+        carries its claim, everything else goes through the deterministic extractor."""
+        from memstack.core.consolidate.signals import Claim, extract_claims
 
         rid = rec["id"]
         if rid not in self.claims:
-            speaker = (rec.get("source") or {}).get("speaker")
-            self.claims[rid] = extract_claims(rec["text"], speaker or "")
+            given = (rec.get("meta") or {}).get("claim")
+            if given:
+                self.claims[rid] = [Claim(subject=given["subject"], slot=given["slot"],
+                                          value=given["value"],
+                                          negated=bool(given.get("negated")))]
+            else:
+                speaker = (rec.get("source") or {}).get("speaker")
+                self.claims[rid] = extract_claims(rec["text"], speaker or "")
         return self.claims[rid]
+
+    def _llm_facts(self, snap: Snapshot, recs: list[dict]) -> None:
+        """Fact memories from turns the deterministic extractor found nothing in (opt-in:
+        every such turn costs a call). They are consolidated on the next run."""
+        for r in recs:
+            if r.get("level") != "turn" or self.claims_of(r) or not self.llm.budget_left():
+                continue
+            speaker = (r.get("source") or {}).get("speaker")
+            facts = self.llm.extract_facts(r["text"], speaker)
+            for i, f in enumerate(facts or ()):
+                subject = " ".join(str(f["subject"]).split()).casefold()
+                slot = " ".join(str(f["relation"]).split()).casefold()
+                value = " ".join(str(f["value"]).split())
+                src = dict(r.get("source") or {})
+                src["offset"] = f"{src.get('offset', '')}#fact{i}"
+                rec = memory_record(
+                    ns=r["ns"], text=f"{f['subject']} {f['relation']} {f['value']}",
+                    tokens=0, t_event=r.get("t_event"), t_ingest=self.log.t, source=src,
+                    level="fact", valid_from=r.get("valid_from"),
+                    links=[{"type": "derived_from", "id": r["id"]}],
+                    meta={"claim": {"subject": subject, "slot": slot,
+                                    "value": value.casefold()},
+                          "by": self.llm.model_id})
+                if self.record(snap, rec["id"]) is not None or rec["id"] in self.created:
+                    continue
+                vec = np.asarray(self.embedder.embed([rec["text"]]), dtype=np.float32)[0]
+                self.created[rec["id"]] = (rec, vec)
+                self.report.created += 1
+                self.report.counts["fact"] += 1
 
     def current_of(self, snap: Snapshot, rid: str) -> dict | None:
         """The memory that stands for rid now: its merged memory when it was merged."""
@@ -248,6 +288,8 @@ class Consolidation:
         if "guard" in self.o.steps:
             keep = self._guard(snap, recs)
             docnos, recs, vecs = docnos[keep], [recs[i] for i in keep], vecs[keep]
+        if self.llm is not None and self.o.llm_facts:
+            self._llm_facts(snap, recs)
         texts = [r["text"] for r in recs]
         exact = [signals.exact_key(t) for t in texts]
         sigs = signals.minhash(texts)
@@ -259,15 +301,18 @@ class Consolidation:
         for r, nv in zip(recs, novelty, strict=True):
             self.col_updates.setdefault("novelty", {})[r["id"]] = float(np.clip(nv, 0, 1))
         # candidate keys: committed index, then this run's uncommitted additions
-        keys: list[list[bytes]] = []
+        min_exact = getattr(self.cfg, "min_words_exact", 1)
+        keys: list[list[tuple[str, bytes]]] = []
         for i, r in enumerate(recs):
-            ks = [b"x" + r["ns"].encode() + b"\x1f" + exact[i]]
+            ns = r["ns"].encode() + b"\x1f"
+            ks = []
+            if signals.word_count(texts[i]) >= min_exact:  # filler ("ok") is no candidate
+                ks.append(("exact", b"x" + ns + exact[i]))
             if near_ok[i]:
-                ks += [b"b" + r["ns"].encode() + b"\x1f" + int(b).to_bytes(8, "little")
-                       for b in bands[i]]
-            ks += [_key(b"s", k) for k in self._slot_keys(r)]
+                ks += [("band", b"b" + ns + int(b).to_bytes(8, "little")) for b in bands[i]]
+            ks += [("slot", _key(b"s", k)) for k in self._slot_keys(r)]
             keys.append(ks)
-        found = self.store.cindex_get(snap.txn, sorted({k for ks in keys for k in ks}))
+        found = self.store.cindex_get(snap.txn, sorted({k for ks in keys for _, k in ks}))
         id_cache: dict[int, str] = {}
 
         def ids_under(k: bytes) -> list[str]:
@@ -280,20 +325,24 @@ class Consolidation:
                     out.append(id_cache[d])
             return out + self.pending.get(k, [])
 
+        for i, r in enumerate(recs):
+            self.sigs[r["id"]] = sigs[i]
+            self.vecs[r["id"]] = vecs[i]
         uf = _UnionFind()
         verdicts: dict[tuple[str, str], object] = {}
         for i, r in enumerate(recs):
-            cands: dict[str, float] = {}
-            for k in keys[i]:
+            cands: dict[str, list] = {}  # id -> [cosine or nan, reasons]
+            for why, k in keys[i]:
                 for cid in ids_under(k):
-                    cands.setdefault(cid, math.nan)
+                    cands.setdefault(cid, [math.nan, set()])[1].add(why)
             for cid, c in zip(nb_ids[i], nb_cos[i], strict=True):
                 if cid:
-                    cands[cid] = float(c)
+                    cands.setdefault(cid, [math.nan, set()])[0] = float(c)
+                    cands[cid][1].add("near-vector")
             cands.pop(r["id"], None)
             if "dedup" in self.o.steps:
-                self._dedup_candidates(snap, r, vecs[i], sigs[i], cands, uf, verdicts)
-            for k in keys[i]:
+                self._dedup_candidates(snap, r, cands, uf, verdicts)
+            for _, k in keys[i]:
                 self.pending.setdefault(k, []).append(r["id"])
             self._cands[r["id"]] = cands
         if "dedup" in self.o.steps:
@@ -305,6 +354,8 @@ class Consolidation:
             if "links" in self.o.steps:
                 self._links(snap, r, nb_ids[i], nb_cos[i])
         self._cands.clear()
+        self.sigs.clear()
+        self.vecs.clear()
 
     def _slot_keys(self, rec: dict) -> list[str]:
         from memstack.core.consolidate.supersede import slot_keys
@@ -372,27 +423,54 @@ class Consolidation:
         return ids, best_c
 
     # -- dedup -------------------------------------------------------------------------------
-    def _dedup_candidates(self, snap, r, vec, sig, cands, uf, verdicts) -> None:
+    def _cos(self, snap: Snapshot, a: str, b: str) -> float:
+        va, vb = self._vec(snap, a), self._vec(snap, b)
+        return float(va @ vb) if va is not None and vb is not None else 0.0
+
+    def _vec(self, snap: Snapshot, rid: str) -> np.ndarray | None:
+        if rid not in self.vecs:
+            if rid in self.created:
+                self.vecs[rid] = self.created[rid][1]
+            else:
+                d = snap.docno(rid)
+                self.vecs[rid] = None if d is None else snap.vector(d, self.dim)
+        return self.vecs[rid]
+
+    def _sig(self, rid: str, text: str) -> np.ndarray:
+        from memstack.core.consolidate.signals import minhash
+
+        if rid not in self.sigs:
+            self.sigs[rid] = minhash([text])[0]
+        return self.sigs[rid]
+
+    def _dedup_candidates(self, snap, r, cands, uf, verdicts) -> None:
+        """Tiered: a candidate is judged only when a cheap signal puts it in reach (same
+        exact key or claim, a shared MinHash band with a close Jaccard estimate, or a cosine
+        at the ambiguous band or above)."""
         from memstack.core.consolidate import signals
         from memstack.core.consolidate.dedup import duplicate_verdict
 
-        for cid in list(cands):
+        for cid, (cos, why) in cands.items():
+            jac = None
+            if "band" in why:
+                other_text = self.record(snap, cid)["text"]
+                jac = signals.jaccard(self.sigs[r["id"]], self._sig(cid, other_text))
+            if not ("exact" in why or "slot" in why
+                    or (jac is not None and jac >= self.cfg.near_threshold - 0.1)
+                    or (not math.isnan(cos) and cos >= self.cfg.ambiguous_low)):
+                continue
             other = self.record(snap, cid)
             if other is None or other["ns"] != r["ns"]:
                 continue
             meta = other.get("meta") or {}
             if other.get("valid_to") or meta.get("status") in ("quarantined", "archived"):
                 continue
-            if other.get("level") not in BASE_LEVELS:
+            if other.get("level") not in BASE_LEVELS or meta.get("sources"):
                 continue
-            cos = cands[cid]
             if math.isnan(cos):
-                ov = snap.vector(snap.docno(cid), self.dim) if cid not in self.created else \
-                    self.created[cid][1]
-                cos = float(ov @ vec) if ov is not None else 0.0
-                cands[cid] = cos
-            osig = signals.minhash([other["text"]])[0]
-            jac = signals.jaccard(sig, osig)
+                cos = cands[cid][0] = self._cos(snap, r["id"], cid)
+            if jac is None:
+                jac = signals.jaccard(self.sigs[r["id"]], self._sig(cid, other["text"]))
             v = duplicate_verdict(other, r, cos=cos, jaccard=jac, claims_a=self.claims_of(other),
                                   claims_b=self.claims_of(r), cfg=self.cfg)
             method = v.kind
@@ -481,7 +559,9 @@ class Consolidation:
             return
         cands = self._cands.get(r["id"], {})
         seen: set[str] = {me["id"], r["id"]}
-        for cid, cos in cands.items():
+        for cid, (cos, why) in cands.items():
+            if "slot" not in why and (math.isnan(cos) or cos < CONTRADICT_COS):
+                continue
             other = self.current_of(snap, cid)
             if other is None or other["id"] in seen:
                 continue
@@ -492,11 +572,9 @@ class Consolidation:
             if other.get("level") not in BASE_LEVELS:
                 continue
             if math.isnan(cos):
-                cos = 0.0
+                cos = self._cos(snap, me["id"], other["id"])
             older, newer = (other, me) if (other.get("valid_from") or "", other["id"]) <= \
                 (me.get("valid_from") or "", me["id"]) else (me, other)
-            if not self.claims_of(me) and cos < CONTRADICT_COS:
-                continue
             rel = relate(older, newer, cos=cos, claims_old=self.claims_of(older),
                          claims_new=self.claims_of(newer))
             kind, method = rel.kind, rel.signals.get("method", "slot" if rel.kind ==
@@ -626,7 +704,12 @@ class Consolidation:
         if g.level == "summary" and len(sess) == 1:
             src["session"] = next(iter(sess))
         first = min((m.get("valid_from") or "" for m in members), default="") or None
-        rec = memory_record(ns=g.ns, text=g.text, tokens=0, t_event=g.t_event,
+        text, method = g.text, "mmr" if action == "summarize" else "kmeans"
+        if g.level == "summary" and self.llm is not None and self.llm.budget_left():
+            abstract = self.llm.summarize([m["text"] for m in members])
+            if abstract:
+                text, method = abstract, f"llm:{self.llm.model_id}"
+        rec = memory_record(ns=g.ns, text=text, tokens=0, t_event=g.t_event,
                             t_ingest=self.log.t, source=src, level=g.level,
                             valid_from=first,
                             links=[{"type": "derived_from", "id": m["id"]} for m in members],
@@ -654,8 +737,7 @@ class Consolidation:
                 orec["t_expired"] = self.log.t
                 orec.setdefault("meta", {})["superseded_by"] = rec["id"]
                 _link(rec, "supersedes", old)
-        self._decide(action, rec["id"], [m["id"] for m in members],
-                     method="mmr" if action == "summarize" else "kmeans", score=1.0,
+        self._decide(action, rec["id"], [m["id"] for m in members], method=method, score=1.0,
                      reason=f"{g.level} of {len(members)} memories",
                      signals={"keywords": list(g.keywords)})
         return rec
