@@ -18,6 +18,9 @@ from memstack.cli.common import (
 
 RECALL_FORMATS = ("auto", "msgpack", "jsonl", "table", "text", "prompt")
 LEVEL_CHOICES = ("turn", "chunk", "doc", "fact", "summary", "cluster")
+INCLUDE_CHOICES = ("archived", "merged", "quarantined")  # core.recall.INCLUDE
+ROUTE_CHOICES = ("off", "entropy", "fuse", "boost")  # core.routing.ROUTES (kept light here)
+DEFAULT_ROUTE = "boost"  # core.recall.DEFAULT_ROUTE; tests check they agree
 
 
 @click.command(name="recall")
@@ -35,19 +38,34 @@ LEVEL_CHOICES = ("turn", "chunk", "doc", "fact", "summary", "cluster")
 @click.option("--until", default=None, help="Only memories of events before this time.")
 @click.option("--as-of", default=None, help="Answer as of this time (bi-temporal validity).")
 @click.option("--level", "levels", multiple=True, type=click.Choice(LEVEL_CHOICES),
-              help="Only memories of this level (repeatable).")
-@click.option("--include-archived", is_flag=True, help="Also return archived memories.")
+              help="Only memories of this level (repeatable); summaries and clusters are "
+                   "searched only when named here or picked by --route.")
+@click.option("--include", "include", multiple=True, type=click.Choice(INCLUDE_CHOICES),
+              help="Also return memories consolidate archived, merged into another, or "
+                   "quarantined (repeatable).")
+@click.option("--include-archived", is_flag=True, help="Same as --include archived.")
+@click.option("--route", type=click.Choice(ROUTE_CHOICES), default=DEFAULT_ROUTE,
+              show_default=True,
+              help="Use consolidated summaries/clusters: entropy answers from the most "
+                   "decisive granularity, fuse merges them by rank, boost lifts members of "
+                   "matching session summaries (ignored with --level).")
 @click.option("--recency", default=None, metavar="HALF_LIFE",
               help="Favour recent events with this half-life (e.g. 30d).")
 @click.option("--mmr", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Diversify hits: MMR lambda (1 = pure relevance).")
+@click.option("--decay", is_flag=True,
+              help="Favour memories consolidate rated important and fresh (its decay "
+                   "strength; no effect before the first consolidate).")
+@click.option("--decay-weight", type=click.FloatRange(0.0), default=0.5, show_default=True,
+              help="Weight of the decay strength (0-1) added to the fused score.")
 @click.option("--embedder", default=None, help="Embedder spec; must match the store's.")
 @click.option("--explain", is_flag=True, help="Show each signal's score and rank.")
 @click.option("--log-access", is_flag=True,
               help="Record the hits in the store's access log (used by decay).")
 @format_option(RECALL_FORMATS)
-def recall_cmd(queries, from_, store, k, budget, ns, since, until, as_of, levels,
-               include_archived, recency, mmr, embedder, explain, log_access, format_):
+def recall_cmd(queries, from_, store, k, budget, ns, since, until, as_of, levels, include,
+               include_archived, route, recency, mmr, decay, decay_weight, embedder, explain,
+               log_access, format_):
     """Find the memories that answer each query.
 
     QUERIES are arguments; a single '-' reads one query per line from stdin.
@@ -56,6 +74,8 @@ def recall_cmd(queries, from_, store, k, budget, ns, since, until, as_of, levels
     Examples:
         memstack recall "when did Caroline go to the support group?" -k 5
         memstack recall "what is alice allergic to" --budget 400 --format prompt
+        memstack recall "what did we plan for the trip" --route boost --decay
+        memstack recall "old address" --include archived --include merged --explain
         memstack ingest a.jsonl -o - | memstack recall --from - "query"
         printf 'q1\\nq2\\n' | memstack recall - --format jsonl
     """
@@ -76,7 +96,8 @@ def recall_cmd(queries, from_, store, k, budget, ns, since, until, as_of, levels
         k=k * 3 if budget else k, ns=list(ns) or None,
         since=parse_when(since, "--since"), until=parse_when(until, "--until"),
         as_of=parse_when(as_of, "--as-of"), levels=list(levels) or None,
-        include_archived=include_archived,
+        include=frozenset(include) | ({"archived"} if include_archived else frozenset()),
+        route=route, decay=decay, decay_weight=decay_weight,
         recency_half_life=parse_duration(recency, "--recency"), mmr=mmr, explain=explain)
     if from_ is not None:
         from memstack.cli.common import load_embedder

@@ -262,3 +262,120 @@ def test_recall_from_a_stream_file_matches_the_store(tmp_path, store):
     from_stream = hits_of(QUESTION, "-k", 5, "--from", stream)
     from_store = hits_of(QUESTION, "-k", 5, "--ns", "default", store=store)
     assert [h["id"] for h in from_stream] == [h["id"] for h in from_store]
+
+
+# -- consolidated stores: statuses, granularities -----------------------------------------
+def _stream(path, recs):
+    lines = [{"kind": "header", "format": "memstack", "v": [1, 0]}, *recs,
+             {"kind": "eos", "count": len(recs)}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_include_statuses(tmp_path):
+    """Default recall returns active memories only; --include adds the others."""
+    statuses = [None, "archived", "merged", "quarantined"]
+    recs = []
+    for i, status in enumerate(statuses):
+        rec = _record(i, f"the green bicycle is locked at the station ({status or 'active'})",
+                      "2024-01-01T00:00:00Z")
+        if status:
+            rec["meta"] = {"status": status}
+        recs.append(rec)
+    store = tmp_path / "store"
+    ok(run("ingest", _stream(tmp_path / "s.jsonl", recs), "--store", store))
+
+    def ids(*args):
+        proc = ok(run("recall", "green bicycle", "--store", store, "-k", 10, *args,
+                      "--format", "jsonl"))
+        return sorted(h["id"] for h in decode_jsonl(proc.stdout)[1])
+
+    assert ids() == ["m0000"]
+    assert ids("--include", "merged") == ["m0000", "m0002"]
+    assert ids("--include-archived") == ["m0000", "m0001"]
+    assert ids("--include", "archived", "--include", "quarantined") == \
+        ["m0000", "m0001", "m0003"]
+    assert ids("--include", "archived", "--include-archived", "--include", "merged",
+               "--include", "quarantined") == ["m0000", "m0001", "m0002", "m0003"]
+    bad = run("recall", "green bicycle", "--store", store, "--include", "deleted")
+    assert bad.returncode == 2 and b"Traceback" not in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def consolidated(tmp_path_factory):
+    """LoCoMo plus session summaries and topic clusters (level summary/cluster, linked
+    derived_from their turns), added as a record stream; and the hits before they were."""
+    import numpy as np
+    from helpers import export_records
+
+    from memstack.core.consolidate.clusters import session_summaries, topic_clusters
+
+    base = tmp_path_factory.mktemp("consolidated")
+    store = base / "store"
+    ok(run("ingest", LOCOMO, "--store", store))
+    before = hits_of(QUESTION, "-k", 10, "--route", "off", store=store)
+    recs = export_records(store, vectors=True)
+    vecs = np.stack([r.pop("vec") for r in recs])
+    groups = []
+    for g in session_summaries(recs, vecs) + topic_clusters(recs, vecs):
+        groups.append({
+            "v": 1, "kind": "memory", "id": f"{g.level}-{g.key}", "ns": g.ns, "text": g.text,
+            "tokens": 0, "t_event": g.t_event, "t_ingest": "2024-01-01T00:00:00Z",
+            "valid_from": g.t_event, "valid_to": None,
+            "source": {"uri": f"memstack:{g.level}", "offset": g.key}, "level": g.level,
+            "links": [{"type": "derived_from", "id": recs[i]["id"]} for i in g.members],
+            "meta": {"keywords": g.keywords}})
+    ok(run("ingest", _stream(base / "groups.jsonl", groups), "--store", store))
+    return store, before, groups
+
+
+def test_route_off_ignores_summaries_and_clusters(consolidated):
+    store, before, _ = consolidated
+    proc = ok(run("recall", QUESTION, "--store", store, "-k", 10, "--route", "off",
+                  "--format", "jsonl"))
+    after = decode_jsonl(proc.stdout)[1]
+    assert [h["id"] for h in after] == [h["id"] for h in before]
+
+
+@pytest.mark.parametrize("route", ["entropy", "fuse", "boost", None])
+def test_routes_answer_with_turns(consolidated, route):
+    store, _, groups = consolidated
+    args = ["--route", route] if route else []
+    proc = ok(run("recall", QUESTION, "--store", store, "-k", 10, *args, "--explain",
+                  "--format", "jsonl"))
+    hits = decode_jsonl(proc.stdout)[1]
+    assert len(hits) == 10 and {h["memory"]["level"] for h in hits} == {"turn"}
+    assert {h["explain"]["route"] for h in hits} == {route or "boost"}  # boost: the default
+    members = {ln["id"] for g in groups for ln in g["links"]}
+    for h in hits:
+        if "via" in h["explain"]:
+            assert h["explain"]["via"] in {g["id"] for g in groups} and h["id"] in members
+    if route == "entropy":
+        assert hits[0]["explain"]["level"] in ("base", "summary", "cluster")
+        assert set(hits[0]["explain"]["entropy"]) == {"base", "summary", "cluster"}
+    if route is None:
+        assert "D1:3" in [h["memory"]["source"]["offset"] for h in hits]
+
+
+def test_summaries_are_searched_when_named(consolidated):
+    store, _, groups = consolidated
+    hits = hits_of(QUESTION, "-k", 3, "--level", "summary", store=store)
+    assert len(hits) == 3 and {h["memory"]["level"] for h in hits} == {"summary"}
+    assert {h["id"] for h in hits} <= {g["id"] for g in groups}
+    table = out_bytes(ok(invoke("recall", QUESTION, "--store", store, "-k", 2, "--route",
+                                "entropy", "--explain", "--format", "table"))).decode()
+    assert "route=entropy" in table and "level=" in table
+    bad = invoke("recall", QUESTION, "--store", store, "--route", "sideways")
+    assert bad.exit_code == 2
+
+
+def test_decay_is_explained_and_optional(consolidated):
+    store, _, _ = consolidated
+    plain = hits_of(QUESTION, "-k", 5, "--route", "off", "--explain", store=store)
+    assert all("decay" in h["explain"] for h in plain)  # the columns exist: shown
+    decayed = hits_of(QUESTION, "-k", 5, "--route", "off", "--explain", "--decay",
+                      "--decay-weight", "0.3", store=store)
+    by = {h["id"]: h for h in plain}
+    for h in decayed:  # never consolidated: every memory has the same strength, 1.0
+        assert h["explain"]["decay"] == 1.0
+        assert h["score"] == pytest.approx(by[h["id"]]["score"] + 0.3, abs=1e-4)
