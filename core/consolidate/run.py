@@ -652,9 +652,16 @@ class Consolidation:
             return
         level = snap.column("level")
         status = snap.column("status")
-        vt = snap.column("valid_to")
-        base = np.isin(level, [LEVEL_CODE[lv] for lv in BASE_LEVELS]) & np.isinf(vt) & \
+        # what was said, current or not (a session summary covers the whole session and a
+        # topic cluster everything said on the topic), but nothing quarantined or archived;
+        # this run's uncommitted marks count too, so a dry run sees what a real run sees
+        base = np.isin(level, [LEVEL_CODE[lv] for lv in BASE_LEVELS]) & \
             np.isin(status, [STATUS_ACTIVE, STATUS_MERGED])
+        for rid, rec in self.over.items():
+            d = snap.docno(rid)
+            if d is not None and (rec.get("meta") or {}).get("status") in ("quarantined",
+                                                                            "archived"):
+                base[d] = False
         ns_col = snap.column("ns")
         if self.o.ns:
             codes = snap.store.meta.get("ns_codes", {})
@@ -677,8 +684,10 @@ class Consolidation:
             last = int(self.state.get("clustered_n", 0))
             if total >= MIN_CLUSTER_STORE and (self.o.full or total >= RECLUSTER_GROWTH * last
                                                or not last):
-                rows = np.flatnonzero(base & (status == STATUS_ACTIVE))  # not merged sources
+                rows = np.flatnonzero(base)
                 recs = [snap.record(int(d)) for d in rows]
+                keep = [i for i, r in enumerate(recs) if not (r.get("meta") or {}).get("sources")]
+                rows, recs = rows[keep], [recs[i] for i in keep]
                 vecs = snap.vectors_at(rows, self.dim)
                 made = set()
                 for g in clusters.topic_clusters(recs, vecs):
