@@ -23,6 +23,8 @@ def decision_id(action: str, subject: str, objects: list[str]) -> str:
 
 def _plain(value):
     """Signals as msgpack/JSON-safe plain values (numpy scalars become floats/ints)."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):

@@ -11,7 +11,6 @@ superseded memories get their validity closed, everything else only gains links 
 
 from __future__ import annotations
 
-import copy
 import errno
 import fcntl
 import hashlib
@@ -151,6 +150,9 @@ class Consolidation:
         self.claims: dict[str, list] = {}
         self._cands: dict[str, dict[str, list]] = {}  # new id -> candidates (cos, reasons)
         self.sigs: dict[str, np.ndarray] = {}  # MinHash signatures of this chunk's texts
+        self._read: dict[str, dict | None] = {}  # records read from this chunk's snapshot
+        self._ids: list[str] = []  # docno -> id (docnos never change: cached for the run)
+        self._docno: dict[str, int] = {}
         self.vecs: dict[str, np.ndarray | None] = {}
         self._done = 0  # decisions already committed
         self.state = dict(store.meta.get(STATE_KEY) or {})
@@ -163,15 +165,33 @@ class Consolidation:
             return self.over[rid]
         if rid in self.created:
             return self.created[rid][0]
-        return snap.record_by_id(rid)
+        rec = self._read.get(rid)
+        if rec is None:
+            rec = self._read[rid] = snap.record_by_id(rid)
+        return rec
 
     def edit(self, snap: Snapshot, rid: str) -> dict:
         """The record, copied into the overlay so it can be marked."""
         if rid in self.created:
             return self.created[rid][0]
         if rid not in self.over:
-            self.over[rid] = copy.deepcopy(snap.record_by_id(rid))
+            rec = dict(self.record(snap, rid))  # marks only add keys, links and meta entries
+            rec["meta"] = dict(rec.get("meta") or {})
+            rec["links"] = list(rec.get("links") or ())
+            self.over[rid] = rec
         return self.over[rid]
+
+    def id_of(self, snap: Snapshot, d: int) -> str:
+        """The id at a docno, from one cursor pass over the ids database (not a lookup per
+        neighbour)."""
+        if d >= len(self._ids):
+            cur = snap.txn.cursor(db=snap.dbs["ids"])
+            if cur.set_key(len(self._ids).to_bytes(4, "big")):
+                for val in cur.iternext(keys=False, values=True):
+                    self._ids.append(bytes(val).decode())
+                    if len(self._ids) >= snap.n:
+                        break
+        return self._ids[d] if d < len(self._ids) else snap.doc_id(d)
 
     def claims_of(self, rec: dict) -> list:
         """What a memory states, as (subject, slot, value) claims: an LLM-extracted fact
@@ -283,6 +303,7 @@ class Consolidation:
         if not recs:
             return
         docnos = np.asarray([snap.docno(r["id"]) for r in recs], dtype=np.int64)
+        self._docno.update(zip((r["id"] for r in recs), docnos.tolist(), strict=True))
         self.report.examined += len(recs)
         vecs = snap.vectors_at(docnos, self.dim)
         if "guard" in self.o.steps:
@@ -309,7 +330,8 @@ class Consolidation:
             if signals.word_count(texts[i]) >= min_exact:  # filler ("ok") is no candidate
                 ks.append(("exact", b"x" + ns + exact[i]))
             if near_ok[i]:
-                ks += [("band", b"b" + ns + int(b).to_bytes(8, "little")) for b in bands[i]]
+                raw = bands[i].astype("<u8").tobytes()
+                ks += [("band", b"b" + ns + raw[j : j + 8]) for j in range(0, len(raw), 8)]
             ks += [("slot", _key(b"s", k)) for k in self._slot_keys(r)]
             keys.append(ks)
         found = self.store.cindex_get(snap.txn, sorted({k for ks in keys for _, k in ks}))
@@ -320,7 +342,7 @@ class Consolidation:
             for d in found.get(k, ()):
                 d = int(d)
                 if d not in id_cache and d < snap.n:
-                    id_cache[d] = snap.doc_id(d)
+                    id_cache[d] = self.id_of(snap, d)
                 if d in id_cache:
                     out.append(id_cache[d])
             return out + self.pending.get(k, [])
@@ -354,6 +376,7 @@ class Consolidation:
             if "links" in self.o.steps:
                 self._links(snap, r, nb_ids[i], nb_cos[i])
         self._cands.clear()
+        self._read.clear()
         self.sigs.clear()
         self.vecs.clear()
 
@@ -417,7 +440,7 @@ class Consolidation:
                 order = np.argsort(-cand_c, axis=1, kind="stable")[:, :k]
                 best_c[rows] = np.take_along_axis(cand_c, order, 1)
                 best_d[rows] = np.take_along_axis(cand_d, order, 1)
-        ids = [[snap.doc_id(int(d)) if d >= 0 and np.isfinite(c) else ""
+        ids = [[self.id_of(snap, int(d)) if d >= 0 and np.isfinite(c) else ""
                 for d, c in zip(dr, cr, strict=True)] for dr, cr in zip(best_d, best_c,
                                                                        strict=True)]
         return ids, best_c
@@ -484,7 +507,12 @@ class Consolidation:
 
     def _merge(self, snap: Snapshot, uf: _UnionFind, verdicts: dict,
                new_vecs: dict[str, np.ndarray]) -> None:
+        by_root: dict[str, list] = {}
+        for (a, b), (method, v) in verdicts.items():
+            by_root.setdefault(uf.find(a), []).append((a, b, method, v))
+        rank = {"exact": 0, "slot": 1, "near": 2, "semantic": 3}
         for group in uf.groups():
+            pairs = by_root.get(uf.find(group[0]), [])
             members: list[dict] = []
             target = None
             for rid in sorted(group):
@@ -501,15 +529,10 @@ class Consolidation:
                 members.append(rec)
             if not members or (target is None and len(members) < 2):
                 continue
-            sig = {}
-            methods = []
-            for (a, b), (method, v) in verdicts.items():
-                if a in group and b in group:
-                    methods.append(method)
-                    sig[f"{a[:8]}~{b[:8]}"] = {"method": method, "score": round(v.score, 4)}
-            method = min(methods, key=lambda m: ("exact", "slot", "near", "semantic").index(m)
-                         if m in ("exact", "slot", "near", "semantic") else 9) if methods \
-                else "exact"
+            sig = {f"{a[:8]}~{b[:8]}": {"method": m, "score": round(v.score, 4)}
+                   for a, b, m, v in pairs[:32]}
+            method = min((m for _, _, m, _ in pairs), key=lambda m: rank.get(m, 9),
+                         default="exact")
             if target is None:
                 target = self._new_merged(snap, members, new_vecs)
             else:
@@ -520,7 +543,7 @@ class Consolidation:
                 mrec = self.edit(snap, rec["id"])
                 mrec.setdefault("meta", {})["status"] = "merged"
                 mrec["meta"]["merged_into"] = target["id"]
-            score = max((v.score for (a, b), (m, v) in verdicts.items() if a in group), default=1)
+            score = max((v.score for _, _, _, v in pairs), default=1.0)
             self._decide("merge", target["id"], [r["id"] for r in members], method=method,
                          score=score, reason=f"{len(members)} duplicate(s) ({method})",
                          signals=sig)
@@ -831,13 +854,19 @@ class Consolidation:
         pending = self.pending
         cols = self.col_updates
 
+        known = self._docno
+
         def docnos_of(txn, ids) -> tuple[np.ndarray, list]:
             at, keep = [], []
             for rid in ids:
-                raw = txn.get(rid.encode(), db=st.dbs["docnos"])
-                if raw is not None:
-                    at.append(int.from_bytes(bytes(raw), "big"))
-                    keep.append(rid)
+                d = known.get(rid)
+                if d is None:
+                    raw = txn.get(rid.encode(), db=st.dbs["docnos"])
+                    if raw is None:
+                        continue
+                    d = known[rid] = int.from_bytes(bytes(raw), "big")
+                at.append(d)
+                keep.append(rid)
             return np.asarray(at, dtype=np.int64), keep
 
         def fn(txn):
@@ -876,6 +905,7 @@ class Consolidation:
         self._done = len(self.log.items)
         self.over.clear()
         self.created.clear()
+        self._read.clear()
         self.pending = {}
         self.col_updates = {}
 
