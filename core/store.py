@@ -683,7 +683,8 @@ class LmdbStore:
         return merged
 
     # -- consolidation: in-place marks, decisions, candidate index ---------------------
-    def update_records(self, txn, records: list[dict]) -> int:
+    def update_records(self, txn, records: list[dict],
+                       before: dict[str, tuple[bool, int]] | None = None) -> int:
         """Rewrite records whose mutable fields changed (validity, status, links, meta) and
         their columns. Text, ids and times of events are never touched: only marks are added.
         Returns how many were written."""
@@ -695,11 +696,15 @@ class LmdbStore:
             raw_d = txn.get(key, db=docnos_db)
             if raw_d is None:
                 raise StoreError(f"{self.path}: memory {rec['id']} is not in the store")
-            old = unpack(txn.get(key, db=rec_db))
-            was_closed, now_closed = bool(old.get("valid_to")), bool(rec.get("valid_to"))
+            if before is not None and rec["id"] in before:  # the caller knows (no re-read)
+                was_closed, was_status = before[rec["id"]]
+            else:
+                old = unpack(txn.get(key, db=rec_db))
+                was_closed, was_status = bool(old.get("valid_to")), status_of(old)
+            now_closed = bool(rec.get("valid_to"))
             stats["not_current"] = int(stats.get("not_current", 0)) + now_closed - was_closed
             stats["archived"] = int(stats.get("archived", 0)) + \
-                (status_of(rec) != STATUS_ACTIVE) - (status_of(old) != STATUS_ACTIVE)
+                (status_of(rec) != STATUS_ACTIVE) - (was_status != STATUS_ACTIVE)
             txn.put(key, pack(rec), db=rec_db)
             rows.append(_U32.unpack(bytes(raw_d))[0])
             vt.append(_time(rec["valid_to"]) if rec.get("valid_to") else math.inf)

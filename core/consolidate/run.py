@@ -35,6 +35,7 @@ from memstack.core.store import (
     TIER_CODE,
     LmdbStore,
     Snapshot,
+    status_of,
 )
 from memstack.formats.records import from_iso, memory_record, now_iso, to_iso
 
@@ -146,6 +147,9 @@ class Consolidation:
         self.over: dict[str, dict] = {}  # id -> record as this run leaves it (uncommitted)
         self.created: dict[str, tuple[dict, np.ndarray]] = {}  # new memories, uncommitted
         self.pending: dict[bytes, list[str]] = {}  # index keys -> ids, uncommitted
+        self.run_index: dict[bytes, list[str]] = {}  # every key this run filed (lookups)
+        self.prior_index = False  # whether the store's index held keys when the run began
+        self._before: dict[str, tuple[bool, int]] = {}  # id -> (closed, status) before marks
         self.col_updates: dict[str, dict[str, float]] = {}  # column -> id -> value
         self.claims: dict[str, list] = {}
         self._cands: dict[str, dict[str, list]] = {}  # new id -> candidates (cos, reasons)
@@ -176,10 +180,31 @@ class Consolidation:
             return self.created[rid][0]
         if rid not in self.over:
             rec = dict(self.record(snap, rid))  # marks only add keys, links and meta entries
+            self._before[rid] = (bool(rec.get("valid_to")), status_of(rec))
             rec["meta"] = dict(rec.get("meta") or {})
             rec["links"] = list(rec.get("links") or ())
             self.over[rid] = rec
         return self.over[rid]
+
+    def file(self, key: bytes, rid: str) -> None:
+        """File a candidate key for a memory: found by the rest of this run at once, and by
+        later runs once committed."""
+        self.pending.setdefault(key, []).append(rid)
+        self.run_index.setdefault(key, []).append(rid)
+
+    def filed(self, snap: Snapshot, keys: list[bytes]) -> dict[bytes, list[str]]:
+        """Ids under each key: the store's index (when it held anything before this run;
+        this run's own keys are known without a lookup), then this run's."""
+        out: dict[bytes, list[str]] = {}
+        found = self.store.cindex_get(snap.txn, keys) if self.prior_index else {}
+        for k in keys:
+            ids = [self.id_of(snap, int(d)) for d in found.get(k, ()) if int(d) < snap.n]
+            mine = self.run_index.get(k)
+            if mine:
+                ids = ids + mine[-512:]
+            if ids:
+                out[k] = ids
+        return out
 
     def id_of(self, snap: Snapshot, d: int) -> str:
         """The id at a docno, from one cursor pass over the ids database (not a lookup per
@@ -256,6 +281,8 @@ class Consolidation:
             st.ensure_late_dbs()
         with st.snapshot() as snap:
             n = snap.n
+            db = st.late_db("cindex")
+            self.prior_index = db is not None and snap.txn.stat(db)["entries"] > 0
         start = 0 if self.o.full else int(self.state.get("upto", 0))
         filtered = bool(self.o.ns or self.o.since is not None)
         for lo in range(start, n, self.o.chunk):
@@ -334,18 +361,7 @@ class Consolidation:
                 ks += [("band", b"b" + ns + raw[j : j + 8]) for j in range(0, len(raw), 8)]
             ks += [("slot", _key(b"s", k)) for k in self._slot_keys(r)]
             keys.append(ks)
-        found = self.store.cindex_get(snap.txn, sorted({k for ks in keys for _, k in ks}))
-        id_cache: dict[int, str] = {}
-
-        def ids_under(k: bytes) -> list[str]:
-            out = []
-            for d in found.get(k, ()):
-                d = int(d)
-                if d not in id_cache and d < snap.n:
-                    id_cache[d] = self.id_of(snap, d)
-                if d in id_cache:
-                    out.append(id_cache[d])
-            return out + self.pending.get(k, [])
+        under = self.filed(snap, sorted({k for ks in keys for _, k in ks}))
 
         for i, r in enumerate(recs):
             self.sigs[r["id"]] = sigs[i]
@@ -355,7 +371,7 @@ class Consolidation:
         for i, r in enumerate(recs):
             cands: dict[str, list] = {}  # id -> [cosine or nan, reasons]
             for why, k in keys[i]:
-                for cid in ids_under(k):
+                for cid in under.get(k, ()):
                     cands.setdefault(cid, [math.nan, set()])[1].add(why)
             for cid, c in zip(nb_ids[i], nb_cos[i], strict=True):
                 if cid:
@@ -365,7 +381,8 @@ class Consolidation:
             if "dedup" in self.o.steps:
                 self._dedup_candidates(snap, r, cands, uf, verdicts)
             for _, k in keys[i]:
-                self.pending.setdefault(k, []).append(r["id"])
+                self.file(k, r["id"])
+                under.setdefault(k, []).append(r["id"])  # later memories of this chunk
             self._cands[r["id"]] = cands
         if "dedup" in self.o.steps:
             self._merge(snap, uf, verdicts, dict(zip((r["id"] for r in recs), vecs,
@@ -377,8 +394,6 @@ class Consolidation:
                 self._links(snap, r, nb_ids[i], nb_cos[i])
         self._cands.clear()
         self._read.clear()
-        self.sigs.clear()
-        self.vecs.clear()
 
     def _slot_keys(self, rec: dict) -> list[str]:
         from memstack.core.consolidate.supersede import slot_keys
@@ -570,7 +585,7 @@ class Consolidation:
         self.claims[rec["id"]] = self.claims_of(rep)
         self.report.created += 1
         for k in self._slot_keys(rep):
-            self.pending.setdefault(_key(b"s", k), []).append(rec["id"])
+            self.file(_key(b"s", k), rec["id"])
         return rec
 
     # -- supersession and conflicts --------------------------------------------------------
@@ -757,10 +772,8 @@ class Consolidation:
             else None
         olds: list[str] = []
         if skey is not None:
-            olds = [snap.doc_id(int(d)) for d in
-                    self.store.cindex_get(snap.txn, [skey]).get(skey, ())] + \
-                self.pending.get(skey, [])
-            self.pending.setdefault(skey, []).append(rec["id"])
+            olds = self.filed(snap, [skey]).get(skey, [])
+            self.file(skey, rec["id"])
         for old in olds:
             orec = self.record(snap, old)
             if orec is not None and not orec.get("valid_to") and old != rec["id"]:
@@ -855,6 +868,7 @@ class Consolidation:
         cols = self.col_updates
 
         known = self._docno
+        before = self._before
 
         def docnos_of(txn, ids) -> tuple[np.ndarray, list]:
             at, keep = [], []
@@ -872,13 +886,22 @@ class Consolidation:
         def fn(txn):
             if prep is not None:
                 st.add_in(txn, prep)
-            st.update_records(txn, updates)
+            st.update_records(txn, updates, before=before)
             st.put_decisions(txn, decisions)
             index: dict[bytes, list[int]] = {}
+            get, db = txn.get, st.dbs["docnos"]
             for k, ids in pending.items():
-                at, _ = docnos_of(txn, ids)
-                if len(at):
-                    index[k] = at.tolist()
+                row = []
+                for rid in ids:
+                    d = known.get(rid)
+                    if d is None:
+                        raw = get(rid.encode(), db=db)
+                        if raw is None:
+                            continue
+                        d = known[rid] = int.from_bytes(bytes(raw), "big")
+                    row.append(d)
+                if row:
+                    index[k] = row
             st.cindex_add(txn, index)
             nov = cols.get("novelty") or {}
             at, keep = docnos_of(txn, list(nov))
@@ -904,6 +927,7 @@ class Consolidation:
         self.report.updated += len(updates)
         self._done = len(self.log.items)
         self.over.clear()
+        self._before.clear()
         self.created.clear()
         self._read.clear()
         self.pending = {}
