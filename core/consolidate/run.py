@@ -362,6 +362,7 @@ class Consolidation:
             ks += [("slot", _key(b"s", k)) for k in self._slot_keys(r)]
             keys.append(ks)
         under = self.filed(snap, sorted({k for ks in keys for _, k in ks}))
+        pend, runi = self.pending, self.run_index
 
         for i, r in enumerate(recs):
             self.sigs[r["id"]] = sigs[i]
@@ -380,9 +381,11 @@ class Consolidation:
             cands.pop(r["id"], None)
             if "dedup" in self.o.steps:
                 self._dedup_candidates(snap, r, cands, uf, verdicts)
-            for _, k in keys[i]:
-                self.file(k, r["id"])
-                under.setdefault(k, []).append(r["id"])  # later memories of this chunk
+            rid = r["id"]
+            for _, k in keys[i]:  # file the keys (inlined: ~20 per memory)
+                pend.setdefault(k, []).append(rid)
+                runi.setdefault(k, []).append(rid)
+                under.setdefault(k, []).append(rid)  # later memories of this chunk
             self._cands[r["id"]] = cands
         if "dedup" in self.o.steps:
             self._merge(snap, uf, verdicts, dict(zip((r["id"] for r in recs), vecs,
@@ -710,7 +713,7 @@ class Consolidation:
                 np.unique(group[base])
             rows = np.flatnonzero(base & np.isin(group, touched))
             if len(rows):
-                recs = [snap.record(int(d)) for d in rows]
+                recs = [self._rec_at(snap, int(d)) for d in rows]
                 keep = [i for i, r in enumerate(recs) if not (r.get("meta") or {}).get("sources")]
                 recs = [recs[i] for i in keep]
                 vecs = snap.vectors_at(rows[keep], self.dim)
@@ -723,7 +726,7 @@ class Consolidation:
             if total >= MIN_CLUSTER_STORE and (self.o.full or total >= RECLUSTER_GROWTH * last
                                                or not last):
                 rows = np.flatnonzero(base)
-                recs = [snap.record(int(d)) for d in rows]
+                recs = [self._rec_at(snap, int(d)) for d in rows]
                 keep = [i for i, r in enumerate(recs) if not (r.get("meta") or {}).get("sources")]
                 rows, recs = rows[keep], [recs[i] for i in keep]
                 vecs = snap.vectors_at(rows, self.dim)
@@ -741,6 +744,14 @@ class Consolidation:
                             orec["t_expired"] = self.log.t
                 self.state["clusters"] = sorted(made)
                 self.state["clustered_n"] = total
+
+    def _rec_at(self, snap: Snapshot, d: int) -> dict:
+        """A record by docno, read once per snapshot (summaries and clusters share reads)."""
+        rid = self.id_of(snap, d)
+        rec = self._read.get(rid)
+        if rec is None:
+            rec = self._read[rid] = snap.record(d)
+        return rec
 
     def _group_memory(self, snap: Snapshot, g, members: list[dict], vecs: np.ndarray,
                       action: str) -> dict:
