@@ -34,6 +34,9 @@ demo: $(VENV)/.base
 		--ns user:alice --store $(DEMO_STORE) -k 3 --budget 120 --format prompt
 	$(BIN)/memstack recall "where does alice live now?" --store $(DEMO_STORE) -k 3 \
 		--recency 90d --format table --explain
+	$(BIN)/memstack consolidate --store $(DEMO_STORE) --format table
+	$(BIN)/memstack recall "where does alice live?" --store $(DEMO_STORE) -k 2 \
+		--as-of 2024-04-01 --format text
 	$(BIN)/memstack quantize --store $(DEMO_STORE) --vectors int8
 	$(BIN)/memstack recall "what is alice allergic to?" --store $(DEMO_STORE) -k 1 --format text
 	$(BIN)/python -c "import numpy as np; r = np.random.default_rng(0); \

@@ -321,3 +321,31 @@ def test_store_of_another_embedder(tmp_path: Path) -> None:
     recs = export_records(store)
     assert any((r.get("meta") or {}).get("status") == "merged" for r in recs)
     assert store_problems(store) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory) -> Path:
+    from gguf_model import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("llm") / "tiny.gguf", n_ctx=1024)
+
+
+def test_llm_that_returns_garbage_falls_back_within_budget(chat_store: Path,
+                                                           tiny_llm: Path) -> None:
+    """A random-weight model writes garbage: every free-text answer fails validation, the
+    deterministic path decides, and the call budget holds."""
+    proc = ok(run("consolidate", "--store", chat_store, "--llm", f"gguf:{tiny_llm}",
+                  "--llm-facts", "--max-llm-calls", "4", "--format", "jsonl"))
+    decs = decisions(proc)
+    line = proc.stderr.decode()
+    calls = int(line.split(" LLM calls")[0].rsplit(", ", 1)[-1]) if "LLM calls" in line else 0
+    assert 1 <= calls <= 4, line
+    assert {"merge", "supersede"} <= {d["action"] for d in decs}
+    assert all(not d["method"].startswith("llm:") or d["action"] in ("merge", "supersede",
+                                                                      "contradict")
+               for d in decs)
+    assert not [r for r in export_records(chat_store) if r["level"] == "fact"]  # no garbage
+    assert store_problems(chat_store) == []
+    again = ok(run("consolidate", "--store", chat_store, "--llm", f"gguf:{tiny_llm}",
+                   "--format", "jsonl"))
+    assert decisions(again) == []
