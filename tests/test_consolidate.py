@@ -349,3 +349,25 @@ def test_llm_that_returns_garbage_falls_back_within_budget(chat_store: Path,
     again = ok(run("consolidate", "--store", chat_store, "--llm", f"gguf:{tiny_llm}",
                    "--format", "jsonl"))
     assert decisions(again) == []
+
+
+def test_namespace_filter_then_whole_store(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    rows = [turn("ann", "I really enjoy long walks along the river after dinner.", d, "s1")
+            for d in (1, 2)]
+    for ns in ("user:a", "user:b"):
+        ok(run("ingest", write_jsonl(tmp_path / f"{ns[-1]}.jsonl", rows), "--ns", ns,
+               "--store", store))
+    first = decisions(ok(run("consolidate", "--store", store, "--ns", "user:a",
+                             "--steps", "dedup", "--format", "jsonl")))
+    recs = {r["id"]: r for r in export_records(store)}
+    assert [recs[d["subject"]]["ns"] for d in first] == ["user:a"]
+    assert all(not (r.get("meta") or {}).get("status") for r in recs.values()
+               if r["ns"] == "user:b")
+    second = decisions(ok(run("consolidate", "--store", store, "--steps", "dedup",
+                              "--format", "jsonl")))
+    recs = {r["id"]: r for r in export_records(store)}
+    assert [recs[d["subject"]]["ns"] for d in second] == ["user:b"]  # a's is not redone
+    since = ok(run("consolidate", "--store", store, "--full", "--since", "2000-01-01",
+                   "--format", "jsonl"))
+    assert not [d for d in decisions(since) if d["action"] == "merge"]
