@@ -449,3 +449,228 @@ def test_relate_never_supersedes_across_namespaces_or_subjects(co, cn, ns_o, ns_
         assert r.kind != "supersedes"
     if co and cn and not ({c.subject for c in co} & {c.subject for c in cn}):
         assert r.kind is None
+
+
+# -- oblique statements: frames, gazetteers, change statements --------------------------------
+
+A = "alice"
+FRAME_CLAIMS = [
+    # role
+    ("Being a paramedic means I never sleep properly.", {(A, "role", "paramedic", False)}),
+    ("Honestly, being a night nurse pays the bills.", {(A, "role", "night nurse", False)}),
+    ("As a pharmacist, I see a lot of flu cases.", {(A, "role", "pharmacist", False)}),
+    ("As a plumber - I get calls at all hours.", {(A, "role", "plumber", False)}),
+    ("Started my second week as a barista!", {(A, "role", "barista", False)}),
+    ("Retrained as an electrician last year.", {(A, "role", "electrician", False)}),
+    ("Big news: I'm a certified electrician now!",
+     {(A, "role", "certified electrician", False)}),
+    ("Still a librarian, nothing new.", {(A, "role", "librarian", False)}),
+    # age
+    ("At 29 I finally understand taxes.", {(A, "age", "29", False)}),
+    ("At 30, I know what I want.", {(A, "age", "30", False)}),
+    ("Being 62 hasn't slowed me down.", {(A, "age", "62", False)}),
+    ("Turned forty last Sunday!", {(A, "age", "40", False)}),
+    ("Can you believe I'm 40 now?", {(A, "age", "40", False)}),
+    # employer
+    ("My colleagues at Northwind are lovely.", {(A, "employer", "northwind", False)}),
+    ("Work at Halcyon Labs has been intense.", {(A, "employer", "halcyon labs", False)}),
+    ("I'm still with Fabrikam, nothing has changed at the job.",
+     {(A, "employer", "fabrikam", False)}),
+    ("I switched jobs, so I'm at Tailspin now.", {(A, "employer", "tailspin", False)}),
+    ("I left Contoso in March and joined Fabrikam.",
+     {(A, "employer", "contoso", True), (A, "employer", "fabrikam", False)}),
+    ("I quit Globex and joined Initech.",
+     {(A, "employer", "globex", True), (A, "employer", "initech", False)}),
+    ("Handed in my notice at Litware today.", {(A, "employer", "litware", True)}),
+    # home
+    ("Living in Lisbon has been a dream.", {(A, "home", "lisbon", False)}),
+    ("Home for me is Nairobi now.", {(A, "home", "nairobi", False)}),
+    ("We relocated to Porto over the summer.", {(A, "home", "porto", False)}),
+    ("I moved from Leeds to Bristol in May.",
+     {(A, "home", "leeds", True), (A, "home", "bristol", False)}),
+    # diet
+    ("I switched to a pescatarian diet.", {(A, "diet", "pescatarian", False)}),
+    ("I've gone vegan since January.", {(A, "diet", "vegan", False)}),
+    ("I eat kosher at home.", {(A, "diet", "kosher", False)}),
+    ("I eat halal, so I skip the pepperoni.", {(A, "diet", "halal", False)}),
+    ("Being dairy-free is annoying at restaurants.", {(A, "diet", "dairy-free", False)}),
+    ("Since I'm gluten free, bread is out.", {(A, "diet", "gluten-free", False)}),
+    ("No longer vegetarian, I eat fish again.", {(A, "diet", "vegetarian", True)}),
+    # partner
+    ("Mira and I have been together since college.", {(A, "partner", "mira", False)}),
+    ("Theo and I split up last spring.", {(A, "partner", "theo", True)}),
+    ("I've been seeing Priya for a few months now.", {(A, "partner", "priya", False)}),
+    ("My girlfriend Ana just got promoted.", {(A, "partner", "ana", False)}),
+    ("My new boyfriend Luis cooks a mean curry.", {(A, "partner", "luis", False)}),
+    ("Kofi, my husband, is a chef.", {(A, "partner", "kofi", False)}),
+    ("My wife is Lena.", {(A, "partner", "lena", False)}),
+    ("Things ended with Marcus last month.", {(A, "partner", "marcus", True)}),
+    ("I've started seeing someone: Jonah.", {(A, "partner", "jonah", False)}),
+    ("Still with Dev, five years strong.", {(A, "partner", "dev", False)}),
+    ("My ex Jordan called me yesterday.", {(A, "partner", "jordan", True)}),
+    ("I'm in a relationship with Sam.", {(A, "partner", "sam", False)}),
+    # car
+    ("I sold my Mazda 3 and bought a Kia Sportage.",
+     {(A, "vehicle", "mazda 3", True), (A, "vehicle", "kia sportage", False)}),
+    ("I've had my Toyota RAV4 since 2015.", {(A, "vehicle", "toyota rav4", False)}),
+    ("Traded my old Jeep for a Tesla.",
+     {(A, "vehicle", "jeep", True), (A, "vehicle", "tesla", False)}),
+    ("My Audi A4 is in the shop again.", {(A, "vehicle", "audi a4", False)}),
+    ("Picked up a used Honda Fit yesterday.", {(A, "vehicle", "honda fit", False)}),
+    ("The Hyundai Ioniq I drive barely needs charging.",
+     {(A, "vehicle", "hyundai ioniq", False)}),
+    ("My Volvo got stolen.", {(A, "vehicle", "volvo", True)}),
+    # favourite food
+    ("If I could only eat one dish for the rest of my life, it would be ramen.",
+     {(A, "favorite food", "ramen", False)}),
+    ("Nothing beats a good bowl of pho.", {(A, "favorite food", "pho", False)}),
+    ("I'm obsessed with dumplings lately, they're my favourite food.",
+     {(A, "favorite food", "dumplings", False)}),
+    ("My new favourite food is shakshuka.", {(A, "favorite food", "shakshuka", False)}),
+    ("Curry has replaced pizza as my favourite.",
+     {(A, "favorite food", "curry", False), (A, "favorite food", "pizza", True)}),
+    ("I love tacos more than anything.", {(A, "favorite food", "tacos", False)}),
+    # hobby
+    ("My new hobby is bouldering.", {(A, "hobby", "bouldering", False)}),
+    ("I got into pottery over lockdown.", {(A, "hobby", "pottery", False)}),
+    ("I gave up knitting and took up embroidery.",
+     {(A, "hobby", "knitting", True), (A, "hobby", "embroidery", False)}),
+    ("Sundays are for gardening.", {(A, "hobby", "gardening", False)}),
+    ("Chess, my favourite hobby, keeps me sharp.", {(A, "hobby", "chess", False)}),
+    ("In my spare time I go kayaking.", {(A, "hobby", "kayaking", False)}),
+    ("Photography is my main hobby these days.", {(A, "hobby", "photography", False)}),
+    # pets
+    ("Our beagle chewed my shoes.", {(A, "pet", "beagle", False)}),
+    ("My cat passed away last week.", {(A, "pet", "cat", True)}),
+    ("We adopted a kitten named Miso.", {(A, "pet", "cat miso", False)}),
+    # other people keep their own subject
+    ("My sister Ana's dog is huge.", {("ana", "pet", "dog", False)}),
+    ("Raj has been at Globex for years.", {("raj", "employer", "globex", False)}),
+    ("My brother's job as an accountant is boring.",
+     {("alice's brother", "role", "accountant", False)}),
+    ("Zoe, who is 41, runs a bakery.", {("zoe", "age", "41", False)}),
+    ("Did I tell you my cousin moved to Oslo?", {("alice's cousin", "home", "oslo", False)}),
+    ("Being a nurse, my mom works nights.", {("alice's mom", "role", "nurse", False)}),
+    ("My friend Ola is big on climbing.", {("ola", "hobby", "climbing", False)}),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FRAME_CLAIMS, ids=[t for t, _ in FRAME_CLAIMS])
+def test_extract_oblique_claims(text, expected):
+    assert claims(text) == expected
+
+
+FRAME_NO_CLAIMS = [
+    "Being a teacher must be exhausting.", "As a kid, I loved trains.", "At 7 I have a meeting.",
+    "At 18 I moved out.", "Living in the moment is key.", "Home is where the heart is.",
+    "My friend at Google says hi.", "I met my colleagues at Nando's for lunch.",
+    "Sam and I went hiking.", "Jo and I broke the vase.", "Sam and I split the bill.",
+    "Sam and I are together at the mall.", "Sam and I are done with the project.",
+    "I'm seeing Dr. Patel tomorrow.", "I'm seeing Emma for lunch.",
+    "I've been seeing Kim for two years, she's a great therapist.",
+    "Hi Sam, my partner says hi!", "I sold my old bike.", "I'd love a Tesla someday.",
+    "If I were vegan I'd miss cheese.", "Would you ever go keto?", "I quit smoking.",
+    "I got into trouble at school.", "Nothing beats a lazy Sunday.",
+    "Weekends are for sleeping in.", "Weekends are for chess for my brother.",
+    "I'm at Starbucks now.", "I have a meeting with Acme tomorrow.",
+    "Things ended with the contract.", "Rosa and I are going to the movies.",
+    "Can you believe it's raining?", "The Honda I rented was fine.",
+    "My favourite food? Hard to say.", "I wish I had a Porsche.",
+    "Maybe I'll go vegan next year.", "I'm thinking of picking up chess.",
+    "Do you still drive a Ford?", "My horse painting won a prize.",
+    "We saw a beagle at the park.", "I'm planning to move to Denver.", "Being 30 would be nice.",
+    "I work with Emma on Tuesdays.", "My old Volvo still runs great.",
+    "Chess is a hobby for nerds.", "I eat pizza every day.", "We moved to a new office.",
+    "Picked up a lot of groceries.", "I took up a lot of your time.",
+]
+
+
+@pytest.mark.parametrize("text", FRAME_NO_CLAIMS)
+def test_no_oblique_claims_about_the_speaker(text):
+    assert {c for c in claims(text) if c[0] == A} == set()
+
+
+def test_claims_reexported_from_signals():
+    from memstack.core.consolidate import claims as claims_mod
+    from memstack.core.consolidate import signals
+
+    assert signals.Claim is claims_mod.Claim and signals.extract_claims is claims_mod.extract_claims
+    assert signals.is_multi_valued is claims_mod.is_multi_valued
+
+
+ANSWERS = [
+    ("How old are you now?", "31, sadly.", {(A, "age", "31", False)}),
+    ("What do you drive these days?", "A Honda Civic.", {(A, "vehicle", "honda civic", False)}),
+    ("Any hobbies lately?", "Mostly salsa dancing.", {(A, "hobby", "salsa dancing", False)}),
+    ("What do you do for a living?", "Still an accountant.", {(A, "role", "accountant", False)}),
+    ("Where are you living now?", "In Seattle.", {(A, "home", "seattle", False)}),
+    ("Where do you work these days?", "At Vandelay Imports.",
+     {(A, "employer", "vandelay imports", False)}),
+    ("Are you seeing anyone?", "Still with Luca.", {(A, "partner", "luca", False)}),
+    ("What's your favourite food?", "Definitely lasagna :)",
+     {(A, "favorite food", "lasagna", False)}),
+    ("Do you have any pets?", "A golden retriever.", {(A, "pet", "golden retriever", False)}),
+    ("Do you follow any diet?", "Keto, mostly.", {(A, "diet", "keto", False)}),
+    # not about the speaker, not terse, or not an answer of the asked type
+    ("How old is your dog?", "Three.", set()),
+    ("Where does your sister work?", "At Google.", set()),
+    ("Is Sam still at Google?", "At Google.", set()),
+    ("How old are you?", "Old enough lol", set()),
+    ("Do you have pets?", "No pets.", set()),
+    ("What do you do for fun?", "Netflix mostly.", set()),
+    ("What's your job?", "I'd rather not say.", set()),
+    ("Nice weather today.", "27, sadly.", set()),
+]
+
+
+@pytest.mark.parametrize(("question", "answer", "expected"), ANSWERS,
+                         ids=[f"{q} {a}" for q, a, _ in ANSWERS])
+def test_terse_answers_take_their_slot_from_the_question(question, answer, expected):
+    got = {(c.subject, c.slot, c.value, c.negated)
+           for c in extract_claims(answer, "Alice", question)}
+    assert got == expected
+
+
+def test_supersedes_oblique_statements():
+    pairs = [("Being a dentist is more tiring than people think.",
+              "I retrained as a nurse last year."),
+             ("At 41 I finally feel settled.", "Turned 42 yesterday!"),
+             ("Work at Globex keeps me busy.", "I left Globex and joined Initech."),
+             ("Mira and I have been together for years.", "Mira and I broke up in June."),
+             ("My Volvo XC40 needs new tires.", "I sold my Volvo XC40 and bought a Golf."),
+             ("I'm really into pottery.", "I quit pottery and got into chess."),
+             ("Sundays are for pottery.", "I gave up pottery."),
+             ("Being keto makes eating out tricky.", "I switched to a vegan diet."),
+             ("Nothing beats sushi, it's my favourite.", "My new favourite food is ramen.")]
+    for old, new in pairs:
+        r = relation(rec(old), rec(new, session="s2"))
+        assert r.kind == "supersedes", (old, new, r)
+    # about someone else, or a second hobby: nothing is closed
+    assert relation(rec("Being a dentist is tiring."),
+                    rec("My sister retrained as a nurse.")).kind is None
+    assert relation(rec("I'm really into pottery."), rec("I got into chess.")).kind is None
+
+
+def test_subsumed_statement_merges_into_the_fuller_one():
+    plain = rec("I'm 34.")
+    chatty = rec("At 34 I finally feel like I know what I'm doing, haha.", session="s2")
+    v = verdict(plain, chatty)
+    assert v.kind == "slot" and v.signals["subsumed"] == "a"
+    # a change statement says the new value too; the plain one adds nothing to it
+    v = verdict(rec("I left Globex and joined Initech last month."),
+                rec("I work at Initech.", session="s2"))
+    assert v.kind == "slot" and v.signals["subsumed"] == "b"
+    # both say more than the fact: two memories, not one
+    v = verdict(rec("Being 34 means my knees hurt when it rains."),
+                rec("At 34 I finally feel like I know what I'm doing.", session="s2"))
+    assert v.kind is None
+    # the shorter one pins a number the longer lacks, or is an event of its own day
+    assert verdict(rec("I'm 34 and have 2 cats."),
+                   rec("At 34 I finally feel like I know what I'm doing, honestly.")).kind \
+        is None
+    assert verdict(rec("My partner Rosa made dinner tonight."),
+                   rec("Rosa and I have been together for years, she is wonderful.",
+                       session="s2")).kind is None
+    # different speakers never merge their first-person facts
+    assert verdict(rec("I'm 34."), rec("At 34 I finally feel settled.", speaker="Bob")).kind \
+        is None

@@ -5,6 +5,9 @@ threshold are 'ambiguous' (the band an optional LLM may settle).
 Gates run before any tier, because a wrong merge hides a fact: memories in different
 namespaces, by different people about themselves, with a changed number, date, name or
 negation, or with conflicting claims are never duplicates, however similar the wording.
+One exception comes before the value gates: a plain statement of claims the other memory
+also makes ("I'm 34" / "At 34 I finally feel settled, haha") is subsumed by it, since the
+merged memory keeps the longer text and so loses nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
 from memstack.core.analyze import STOP_WORDS
+from memstack.core.consolidate.claims import strip_discourse
 from memstack.core.consolidate.signals import (
     FILLER,
     Claim,
@@ -111,10 +115,39 @@ def substituted(ta: str, tb: str) -> list[str]:
     return ua + ub if ua and ub else []
 
 
+def _subsumed(ta: str, tb: str, ca: list[Claim], cb: list[Claim], cfg: DedupConfig,
+              other_session: bool) -> str | None:
+    """Which text ("a" or "b") says nothing the other does not, when both state the same
+    claims: the plain statement of a fact ("I'm 34") next to a chattier one ("At 34 I
+    finally feel like I know what I'm doing"). Merging keeps the longer text, so nothing
+    is lost; the value gates below would otherwise keep them apart over "haha" or "now"."""
+    if not ca or not cb:
+        return None
+    sa, sb = set(ca), set(cb)
+    for side, short, long_, cs, cl in (("a", ta, tb, sa, sb), ("b", tb, ta, sb, sa)):
+        if not cs <= cl or len(short) > len(long_):
+            continue  # the longer may add a claim ("I sold my Volvo and bought a Golf")
+        short = strip_discourse(short)
+        if len(_content(short) - _claim_words(cs) - _CUES) > cfg.slot_residual:
+            continue
+        if other_session and _DEICTIC.search(short):
+            continue  # "my partner made dinner tonight" is an event, said once
+        vs, vl = value_signals(short), value_signals(long_)
+        claimed = {w for c in cs for w in c.value.split()}
+        if vs["negated"] and not vl["negated"]:
+            continue
+        if not set(vs["numbers"]) <= set(vl["numbers"]) | claimed or \
+                not set(vs["dates"]) <= set(vl["dates"]) or \
+                not set(vs["names"]) <= set(vl["names"]) | {c.value for c in cs}:
+            continue
+        return side
+    return None
+
+
 def _claim_words(claims: list[Claim]) -> set[str]:
     out: set[str] = set()
     for c in claims:
-        out.update(c.value.split())
+        out.update(words(c.value))  # "gluten-free" is two words of the text
         out.update(c.slot.split())
     return out
 
@@ -134,13 +167,20 @@ def duplicate_verdict(a: dict, b: dict, *, cos: float, jaccard: float | None,
     ta, tb = a.get("text") or "", b.get("text") or ""
     (spk_a, ses_a), (spk_b, ses_b) = _source(a), _source(b)
     same_speaker = not spk_a or not spk_b or spk_a == spk_b
-    if is_filler(ta, cfg) or is_filler(tb, cfg):
+    same_claims = bool(claims_a) and set(claims_a) == set(claims_b)
+    if (is_filler(ta, cfg) or is_filler(tb, cfg)) and not same_claims:  # "I'm 24" is a fact
         if not (spk_a == spk_b and ses_a and ses_a == ses_b and exact_key(ta) == exact_key(tb)):
             return DupVerdict(None, 0.0, False, {**sig, "gate": "filler"})
         return DupVerdict("exact", 1.0, False, {**sig, "tier": "exact", "filler": True})
     if not same_speaker and (_personal(ta) or _personal(tb)):
         return DupVerdict(None, 0.0, False, {**sig, "gate": "speaker",
                                              "speakers": [spk_a, spk_b]})
+    side = _subsumed(ta, tb, claims_a, claims_b, cfg, ses_a != ses_b)
+    if side is not None:
+        if exact_key(ta) == exact_key(tb):
+            return DupVerdict("exact", 1.0, False, {**sig, "tier": "exact"})
+        return DupVerdict("slot", 1.0, False, {**sig, "tier": "slot", "subsumed": side,
+                                               "slots": sorted({c.slot for c in claims_a})})
     if ses_a != ses_b and (_DEICTIC.search(ta) or _DEICTIC.search(tb)):
         return DupVerdict(None, 0.0, False, {**sig, "gate": "deictic time"})
     changed = changed_signals(value_signals(ta), value_signals(tb))
@@ -181,5 +221,5 @@ turned name called named married engaged divorced single dating relationship par
 dog cat drive drives car phone number email mail favorite favourite fave love loves like
 likes enjoy enjoys study studies studying major school university college student diet
 allergic allergy hobby hobbies into play plays speak speaks currently now still really
-new
+new being eat eats follow follows joined started partner together birthday officially
 """.split())

@@ -110,12 +110,11 @@ def relate(old: dict, new: dict, *, cos: float, claims_old: list[Claim],
                 "old": co.value, "new": cn.value, "change": how,
                 "negated": [co.negated, cn.negated], "partial": bool(others)},
                 _reason(co, cn, how))
-    if shared:
-        return Relation(None, float(cos), False, {**sig, "gate": "claims agree"},
-                        "same subject and slot, compatible values")
     subj_old = {c.subject for c in claims_old}
     subj_new = {c.subject for c in claims_new}
-    if claims_old and claims_new:
+    if shared:  # compatible values; a changed count ("two dogs" / "three dogs") may conflict
+        sig["claims"] = "agree"
+    elif claims_old and claims_new:
         gate = "claims on other slots" if subj_old & subj_new else "different subjects"
         return Relation(None, float(cos), False, {**sig, "gate": gate}, gate)
     vo, vn = value_signals(old.get("text") or ""), value_signals(new.get("text") or "")
@@ -126,6 +125,8 @@ def relate(old: dict, new: dict, *, cos: float, claims_old: list[Claim],
     if cos < CONTRADICT_COS:
         return Relation(None, float(cos), False, sig, "not similar enough")
     changed = changed_signals(vo, vn, both=True)
+    if shared:  # the claims settled names and negation ("Google" / "Google Cloud")
+        changed = [c for c in changed if c in ("numbers", "dates")]
     fo, fn = _frame(old.get("text") or "", vo), _frame(new.get("text") or "", vn)
     frame = len(fo & fn) / len(fo | fn) if fo | fn else 0.0
     sig.update({"changed": changed, "frame": round(frame, 4), "about": sorted(about)})
@@ -133,5 +134,8 @@ def relate(old: dict, new: dict, *, cos: float, claims_old: list[Claim],
         return Relation("contradicts", float(cos), False, {**sig, "method": "signals"},
                         "similar statements about " + ", ".join(sorted(about) or ["?"])
                         + " differ in " + ", ".join(changed))
+    if shared:
+        return Relation(None, float(cos), False, {**sig, "gate": "claims agree"},
+                        "same subject and slot, compatible values")
     return Relation(None, float(cos), cos >= AMBIGUOUS_COS, sig,
                     "similar, no deterministic conflict signal")
