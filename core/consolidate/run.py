@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import math
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator, MutableMapping
@@ -46,6 +47,11 @@ CONTRADICT_COS = 0.6  # below this two statements are not about the same thing
 RECLUSTER_GROWTH = 1.25  # topic clusters are rebuilt when the store grew by this factor
 MIN_CLUSTER_STORE = 50
 STATE_KEY = "consolidate"
+_RELATION_NAME = re.compile(
+    r"\b[Mm]y\s+(sister|brother|roommate|flatmate|friend|colleague|coworker|co-worker|"
+    r"partner|wife|husband|boyfriend|girlfriend|mom|dad|mother|father|son|daughter|cousin|"
+    r"neighbou?r|boss|manager|aunt|uncle|niece|nephew|grandma|grandpa|best\s+friend)"
+    r",?\s+([A-Z][a-z]+)\b")
 
 
 @dataclass
@@ -155,12 +161,15 @@ class Consolidation:
         self._cands: dict[str, dict[str, list]] = {}  # new id -> candidates (cos, reasons)
         self.sigs: dict[str, np.ndarray] = {}  # MinHash signatures of this chunk's texts
         self._read: dict[str, dict | None] = {}  # records read from this chunk's snapshot
+        self._question: dict[str, str] = {}  # short turn id -> the turn it answers
         self._ids: list[str] = []  # docno -> id (docnos never change: cached for the run)
         self._docno: dict[str, int] = {}
         self.vecs: dict[str, np.ndarray | None] = {}
         self._done = 0  # decisions already committed
         self.state = dict(store.meta.get(STATE_KEY) or {})
         self.llm = opts.llm
+        self.aliases: dict[str, dict[str, str]] = {
+            ns: dict(m) for ns, m in (self.state.get("aliases") or {}).items()}
         self.dim = int((store.meta.get("embedder") or {}).get("dim") or embedder.dim)
 
     # -- records through this run's overlay ----------------------------------------------
@@ -225,15 +234,64 @@ class Consolidation:
 
         rid = rec["id"]
         if rid not in self.claims:
-            given = (rec.get("meta") or {}).get("claim")
-            if given:
+            meta = rec.get("meta") or {}
+            if meta.get("claim"):
+                given = meta["claim"]
                 self.claims[rid] = [Claim(subject=given["subject"], slot=given["slot"],
                                           value=given["value"],
                                           negated=bool(given.get("negated")))]
+            elif meta.get("claims") is not None:  # a merged memory: all its sources say
+                self.claims[rid] = [Claim(subject=c[0], slot=c[1], value=c[2],
+                                          negated=bool(c[3])) for c in meta["claims"]]
             else:
                 speaker = (rec.get("source") or {}).get("speaker")
-                self.claims[rid] = extract_claims(rec["text"], speaker or "")
+                found = extract_claims(rec["text"], speaker or "",
+                                       question=self._question.get(rid))
+                aliases = self.aliases.get(rec["ns"])
+                if aliases:  # "my roommate" is Omar once someone said "my roommate Omar"
+                    found = [Claim(subject=aliases.get(c.subject) or c.subject, slot=c.slot,
+                                   value=c.value, negated=c.negated) for c in found]
+                self.claims[rid] = found
         return self.claims[rid]
+
+    def _learn_aliases(self, recs: list[dict]) -> None:
+        """Names of the people a speaker calls "my <relation>": one name per relation per
+        namespace (two different roommates make the relation ambiguous: no alias)."""
+        for r in recs:
+            speaker = ((r.get("source") or {}).get("speaker") or "").casefold().strip()
+            if not speaker:
+                continue
+            for rel, name in _RELATION_NAME.findall(r["text"]):
+                key = f"{speaker}'s {rel.casefold()}"
+                known = self.aliases.setdefault(r["ns"], {})
+                name = name.casefold()
+                if known.get(key, name) != name:
+                    known[key] = ""  # ambiguous
+                elif key not in known:
+                    known[key] = name
+
+    def _questions(self, snap: Snapshot, docnos: np.ndarray, recs: list[dict]) -> None:
+        """The turn each short turn answers (the one before it in its session, by someone
+        else), so "27, sadly." after "How old are you?" states an age."""
+        short = [i for i, r in enumerate(recs) if len(r["text"]) < 60 and docnos[i] > 0]
+        if not short:
+            return
+        at = docnos[short]
+        same = snap.column_at("group", at) == snap.column_at("group", at - 1)
+        for i, ok in zip(short, same, strict=True):
+            if not ok:
+                continue
+            prev = snap.record(int(docnos[i]) - 1)
+            me = (recs[i].get("source") or {}).get("speaker")
+            if (prev.get("source") or {}).get("speaker") != me:
+                self._question[recs[i]["id"]] = prev["text"]
+
+    def _union_claims(self, recs: list[dict]) -> list:
+        out: dict = {}
+        for r in recs:
+            for c in self.claims_of(r):
+                out.setdefault((c.subject, c.slot, c.value, c.negated), c)
+        return list(out.values())
 
     def _llm_facts(self, snap: Snapshot, recs: list[dict]) -> None:
         """Fact memories from turns the deterministic extractor found nothing in (opt-in:
@@ -332,6 +390,8 @@ class Consolidation:
         docnos = np.asarray([snap.docno(r["id"]) for r in recs], dtype=np.int64)
         self._docno.update(zip((r["id"] for r in recs), docnos.tolist(), strict=True))
         self.report.examined += len(recs)
+        self._questions(snap, docnos, recs)
+        self._learn_aliases(recs)
         vecs = snap.vectors_at(docnos, self.dim)
         if "guard" in self.o.steps:
             keep = self._guard(snap, recs)
@@ -556,6 +616,12 @@ class Consolidation:
             else:
                 target = self.edit(snap, target["id"])
                 target["meta"]["sources"] = target["meta"].get("sources", 0) + len(members)
+                claims = self._union_claims([target, *members])
+                target["meta"]["claims"] = [[c.subject, c.slot, c.value, c.negated]
+                                            for c in claims]
+                self.claims[target["id"]] = claims
+                for k in self._slot_keys(target):
+                    self.file(_key(b"s", k), target["id"])
             for rec in members:
                 _link(target, "derived_from", rec["id"])
                 mrec = self.edit(snap, rec["id"])
@@ -577,17 +643,20 @@ class Consolidation:
         src["uri"] = "memstack:merge"
         src["offset"] = first["id"]
         speakers = sorted({(r.get("source") or {}).get("speaker") or "" for r in members} - {""})
+        claims = self._union_claims(members)
         rec = memory_record(ns=rep["ns"], text=rep["text"], tokens=int(rep.get("tokens") or 0),
                             t_event=first.get("t_event"), t_ingest=self.log.t, source=src,
                             level=rep.get("level", "turn"), valid_from=first.get("valid_from"),
-                            meta={"sources": len(members), "speakers": speakers})
+                            meta={"sources": len(members), "speakers": speakers,
+                                  "claims": [[c.subject, c.slot, c.value, c.negated]
+                                             for c in claims]})
         vec = new_vecs.get(rep["id"])
         if vec is None:
             vec = snap.vector(snap.docno(rep["id"]), self.dim)
         self.created[rec["id"]] = (rec, np.asarray(vec, dtype=np.float32))
-        self.claims[rec["id"]] = self.claims_of(rep)
+        self.claims[rec["id"]] = claims
         self.report.created += 1
-        for k in self._slot_keys(rep):
+        for k in self._slot_keys(rec):
             self.file(_key(b"s", k), rec["id"])
         return rec
 
@@ -932,7 +1001,7 @@ class Consolidation:
                     vals = np.full(n, LATE_COLUMNS[name], dtype=COLUMNS[name])
                     vals[: min(n, len(full))] = full[:n]
                     st.write_column(txn, name, vals)
-            st.put_meta(txn, STATE_KEY, dict(self.state))
+            st.put_meta(txn, STATE_KEY, dict(self.state, aliases=self.aliases))
 
         st.write_batch(fn)
         self.report.updated += len(updates)
