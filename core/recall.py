@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO
 
 import numpy as np
@@ -313,7 +313,38 @@ class Searcher:
         with self.store.snapshot() as snap:
             if snap.n == 0 or o.k <= 0:
                 return []
+            include = set(o.include) | ({"archived"} if o.include_archived else set())
+            if "merged" not in include and snap.stats.get("archived", 0) and \
+                    (snap.column("status") == STATUS_MERGED).any():
+                return self._through_merged(snap, query, o)
             return self._search(snap, query, o)
+
+    def _through_merged(self, snap: Snapshot, query: str, o: RecallOptions) -> list[Hit]:
+        """Search the merged duplicates too, each standing for the memory it was merged
+        into: the merged memory holds one wording, but every source's wording still finds
+        it (and it comes back once)."""
+        loose = replace(o, include=frozenset(o.include) | {"merged"}, k=o.k * 3)
+        strict = self._mask(snap, o)
+        out: list[Hit] = []
+        seen: set[int] = set()
+        for hit in self._search(snap, query, loose):
+            d, rec = hit.docno, hit.record
+            if (rec.get("meta") or {}).get("status") == "merged":
+                into = rec["meta"].get("merged_into")
+                t = snap.docno(into) if into else None
+                if t is None or not strict[t]:
+                    continue
+                via, d, rec = hit.id, t, snap.record(t)
+                hit = Hit(docno=d, id=rec["id"], score=hit.score, record=rec,
+                          explain=dict(hit.explain, via_source=via) if o.explain else {})
+            elif not strict[d]:
+                continue
+            if d not in seen:
+                seen.add(d)
+                out.append(hit)
+            if len(out) >= o.k:
+                break
+        return out
 
     def _derived_rows(self, snap: Snapshot) -> tuple[np.ndarray, int, float] | None:
         """(is-summary-or-cluster per docno, their count, their total BM25 length), or None

@@ -371,3 +371,16 @@ def test_namespace_filter_then_whole_store(tmp_path: Path) -> None:
     since = ok(run("consolidate", "--store", store, "--full", "--since", "2000-01-01",
                    "--format", "jsonl"))
     assert not [d for d in decisions(since) if d["action"] == "merge"]
+
+
+def test_merged_duplicates_find_their_merged_memory_once(chat_store: Path) -> None:
+    ok(run("consolidate", "--store", chat_store, "-q", "--format", "jsonl"))
+    proc = ok(run("recall", "hiking mountains weekend friends college", "--store", chat_store,
+                  "--format", "jsonl", "-k", "5", "--as-of", "2023-03-01"))
+    _, hits = decode_any(proc.stdout)
+    hiking = [h for h in hits if "hiking in the mountains" in h["memory"]["text"]]
+    assert len(hiking) == 1 and hiking[0]["memory"]["meta"].get("sources") == 2
+    proc = ok(run("recall", "hiking mountains weekend friends college", "--store", chat_store,
+                  "--format", "jsonl", "-k", "5", "--include", "merged"))
+    _, hits = decode_any(proc.stdout)
+    assert sum("hiking in the mountains" in h["memory"]["text"] for h in hits) == 3
