@@ -174,6 +174,7 @@ class Consolidation:
         self.sigs: dict[str, np.ndarray] = {}  # MinHash signatures of this chunk's texts
         self._read: dict[str, dict | None] = {}  # records read from this chunk's snapshot
         self._question: dict[str, str] = {}  # short turn id -> the turn it answers
+        self._own: list[tuple[int, int]] = []  # docno ranges of the memories this run made
         self._raw_claims: dict[str, list] = {}  # claims made by workers, before aliases
         self._keywords: dict[str, list[str]] = {}
         self._ids: list[str] = []  # docno -> id (docnos never change: cached for the run)
@@ -401,9 +402,25 @@ class Consolidation:
                 self._decay(snap)
         self.state["runs"] = int(self.state.get("runs", 0)) + (0 if self.o.dry_run else 1)
         self._commit(final=True)
+        self._skip_own()
         self.report.llm_calls = int(getattr(self.llm, "calls", 0) or 0)
         self.report.seconds = time.perf_counter() - t0
         return self.report
+
+    def _skip_own(self) -> None:
+        """Move the watermark past the memories this run made (merged memories, summaries,
+        clusters need no examining) where they follow it directly: memories another
+        process ingested meanwhile stay ahead of it."""
+        if self.o.dry_run or self.o.ns or self.o.since is not None:
+            return
+        upto = int(self.state.get("upto", 0))
+        for lo, hi in sorted(self._own):
+            if lo == upto:
+                upto = hi
+        if upto != int(self.state.get("upto", 0)):
+            self.state["upto"] = upto
+            state = dict(self.state, aliases=self.aliases)
+            self.store.write_batch(lambda txn: self.store.put_meta(txn, STATE_KEY, state))
 
     # -- one chunk of new memories -----------------------------------------------------
     def _chunk(self, snap: Snapshot, lo: int, hi: int) -> None:
@@ -991,6 +1008,7 @@ class Consolidation:
 
         known = self._docno
         before = self._before
+        own = self._own
 
         def docnos_of(txn, ids) -> tuple[np.ndarray, list]:
             at, keep = [], []
@@ -1007,7 +1025,9 @@ class Consolidation:
 
         def fn(txn):
             if prep is not None:
+                lo = int(st.stats.get("n", 0))
                 st.add_in(txn, prep)
+                own.append((lo, int(st.stats.get("n", 0))))
             st.update_records(txn, updates, before=before)
             st.put_decisions(txn, decisions)
             index: dict[bytes, list[int]] = {}
