@@ -50,8 +50,6 @@ STATE_KEY = "consolidate"
 # the newest memories under one key that are judged: a crowded MinHash band or a much
 # repeated slot says little more past these, and the newest are the current ones
 KEY_CANDIDATES = 48
-PARALLEL_MIN = 2000  # a chunk this big extracts claims and keywords in worker processes
-PARALLEL_WORKERS = 2
 _RELATION_NAME = re.compile(
     r"\b[Mm]y\s+(sister|brother|roommate|flatmate|friend|colleague|coworker|co-worker|"
     r"partner|wife|husband|boyfriend|girlfriend|mom|dad|mother|father|son|daughter|cousin|"
@@ -93,13 +91,6 @@ class ConsolidateReport:
         llm = f", {self.llm_calls} LLM calls" if self.llm_calls else ""
         return (f"examined {self.examined} memories: {acts}; {self.created} new memories, "
                 f"{self.updated} marked{llm} ({self.seconds:.2f}s)")
-
-
-def _signals_of(items: list[tuple[str, str, str | None]]) -> list[tuple[list, list[str]]]:
-    """Claims and keywords of (text, speaker, question) items (runs in a worker)."""
-    from memstack.core.consolidate.signals import extract_claims, keywords
-
-    return [(extract_claims(t, sp, question=q), keywords(t)) for t, sp, q in items]
 
 
 class _UnionFind:
@@ -175,8 +166,6 @@ class Consolidation:
         self._read: dict[str, dict | None] = {}  # records read from this chunk's snapshot
         self._question: dict[str, str] = {}  # short turn id -> the turn it answers
         self._own: list[tuple[int, int]] = []  # docno ranges of the memories this run made
-        self._raw_claims: dict[str, list] = {}  # claims made by workers, before aliases
-        self._keywords: dict[str, list[str]] = {}
         self._ids: list[str] = []  # docno -> id (docnos never change: cached for the run)
         self._docno: dict[str, int] = {}
         self.vecs: dict[str, np.ndarray | None] = {}
@@ -260,40 +249,15 @@ class Consolidation:
                 self.claims[rid] = [Claim(subject=c[0], slot=c[1], value=c[2],
                                           negated=bool(c[3])) for c in meta["claims"]]
             else:
-                found = self._raw_claims.pop(rid, None)
-                if found is None:
-                    speaker = (rec.get("source") or {}).get("speaker")
-                    found = extract_claims(rec["text"], speaker or "",
-                                           question=self._question.get(rid))
+                speaker = (rec.get("source") or {}).get("speaker")
+                found = extract_claims(rec["text"], speaker or "",
+                                       question=self._question.get(rid))
                 aliases = self.aliases.get(rec["ns"])
                 if aliases:  # "my roommate" is Omar once someone said "my roommate Omar"
                     found = [Claim(subject=aliases.get(c.subject) or c.subject, slot=c.slot,
                                    value=c.value, negated=c.negated) for c in found]
                 self.claims[rid] = found
         return self.claims[rid]
-
-    def _text_signals(self, recs: list[dict]) -> None:
-        """Claims and keywords of a big chunk in worker processes (pure functions of the
-        text, a third of a full pass); small chunks and one-core machines do it inline."""
-        workers = min(PARALLEL_WORKERS, os.cpu_count() or 1)
-        if len(recs) < PARALLEL_MIN or workers < 2:
-            return
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        items = [(r["text"], (r.get("source") or {}).get("speaker") or "",
-                  self._question.get(r["id"])) for r in recs]
-        step = -(-len(items) // (workers * 4))
-        parts = [items[i : i + step] for i in range(0, len(items), step)]
-        try:
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-                done = [x for part in pool.map(_signals_of, parts) for x in part]
-        except (OSError, RuntimeError):  # no fork here: do it inline
-            return
-        for r, (claims, kw) in zip(recs, done, strict=True):
-            if r["id"] not in self.claims:
-                self._raw_claims[r["id"]] = claims
-            self._keywords[r["id"]] = kw
 
     def _learn_aliases(self, recs: list[dict]) -> None:
         """Names of the people a speaker calls "my <relation>": one name per relation per
@@ -449,7 +413,6 @@ class Consolidation:
         self.report.examined += len(recs)
         self._questions(snap, docnos, recs)
         self._learn_aliases(recs)
-        self._text_signals(recs)
         vecs = snap.vectors_at(docnos, self.dim)
         if "guard" in self.o.steps:
             keep = self._guard(snap, recs)
@@ -786,8 +749,7 @@ class Consolidation:
         if me is None or (me.get("meta") or {}).get("status") == "quarantined":
             return
         rec = self.edit(snap, r["id"])
-        kw = self._keywords.pop(r["id"], None)
-        rec.setdefault("meta", {})["keywords"] = kw if kw is not None else keywords(r["text"])
+        rec.setdefault("meta", {})["keywords"] = keywords(r["text"])
         if (rec["meta"].get("status") == "merged"):
             return
         linked, scores = [], []
