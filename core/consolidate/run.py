@@ -453,8 +453,15 @@ class Consolidation:
         for i, r in enumerate(recs):
             cands: dict[str, list] = {}  # id -> [cosine or nan, reasons]
             for why, k in keys[i]:
-                for cid in under.get(k, ())[-KEY_CANDIDATES:]:
-                    cands.setdefault(cid, [math.nan, set()])[1].add(why)
+                lst = under.get(k)
+                if not lst:
+                    continue
+                for cid in lst[-KEY_CANDIDATES:]:
+                    e = cands.get(cid)
+                    if e is None:
+                        cands[cid] = [math.nan, {why}]
+                    else:
+                        e[1].add(why)
             for cid, c in zip(nb_ids[i], nb_cos[i], strict=True):
                 if cid:
                     cands.setdefault(cid, [math.nan, set()])[0] = float(c)
@@ -572,11 +579,16 @@ class Consolidation:
         from memstack.core.consolidate import signals
         from memstack.core.consolidate.dedup import duplicate_verdict
 
+        # Jaccard estimates of every band candidate in one comparison
+        band = [cid for cid, (_, why) in cands.items() if "band" in why]
+        jacs: dict[str, float] = {}
+        if band:
+            mine = self.sigs[r["id"]]
+            sigs = np.stack([self._sig(cid, (self.record(snap, cid) or {"text": ""})["text"])
+                             for cid in band])
+            jacs = dict(zip(band, (sigs == mine).mean(axis=1).tolist(), strict=True))
         for cid, (cos, why) in cands.items():
-            jac = None
-            if "band" in why:
-                other_text = self.record(snap, cid)["text"]
-                jac = signals.jaccard(self.sigs[r["id"]], self._sig(cid, other_text))
+            jac = jacs.get(cid)
             if not ("exact" in why or "slot" in why
                     or (jac is not None and jac >= self.cfg.near_threshold - 0.1)
                     or (not math.isnan(cos) and cos >= self.cfg.ambiguous_low)):
