@@ -235,7 +235,7 @@ class Consolidation:
     def claims_of(self, rec: dict) -> list:
         """What a memory states, as (subject, slot, value) claims: an LLM-extracted fact
         carries its claim, everything else goes through the deterministic extractor."""
-        from memstack.core.consolidate.signals import Claim, extract_claims
+        from memstack.core.consolidate.claims import Claim, extract_claims
 
         rid = rec["id"]
         if rid not in self.claims:
@@ -452,9 +452,13 @@ class Consolidation:
         verdicts: dict[tuple[str, str], object] = {}
         for i, r in enumerate(recs):
             cands: dict[str, list] = {}  # id -> [cosine or nan, reasons]
+            exact_hit = bool(under.get(keys[i][0][1])) if keys[i] and \
+                keys[i][0][0] == "exact" else False
             for why, k in keys[i]:
                 lst = under.get(k)
-                if not lst:
+                if not lst or (why == "band" and exact_hit):
+                    # an exact repeat joins its group; the group's first member already
+                    # met the near duplicates its bands would find
                     continue
                 for cid in lst[-KEY_CANDIDATES:]:
                     e = cands.get(cid)
