@@ -103,6 +103,27 @@ def same_embedder(a: dict, b: dict) -> bool:
     return key(a) == key(b)
 
 
+def wait_flock(path: str, timeout: float, busy: str, shared: bool = False) -> int:
+    """Open and flock a sidecar lock file, waiting up to `timeout` seconds; returns the fd
+    (closing it releases the lock). StoreBusy (exit 75) says `busy` when time runs out."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        try:
+            fcntl.flock(fd, mode)
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+        if time.monotonic() >= deadline:
+            os.close(fd)
+            raise StoreBusy(f"{busy} (waited {timeout:g}s); retry later or raise "
+                            "--lock-timeout")
+        time.sleep(0.05)
+
+
 def default_store_path() -> str:
     """$MEMSTACK_STORE, else the per-user data directory."""
     env = os.environ.get("MEMSTACK_STORE")
@@ -270,22 +291,8 @@ class LmdbStore:
 
     # -- lifecycle ------------------------------------------------------------------
     def _lock(self, timeout: float) -> None:
-        fd = os.open(os.path.join(self.path, "writer.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._lock_fd = fd
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    os.close(fd)
-                    raise
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise StoreBusy(f"{self.path}: another writer holds the store (waited "
-                                f"{timeout:g}s); retry later or raise --lock-timeout")
-            time.sleep(0.05)
+        self._lock_fd = wait_flock(os.path.join(self.path, "writer.lock"), timeout,
+                                   f"{self.path}: another writer holds the store")
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:

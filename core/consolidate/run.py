@@ -11,8 +11,6 @@ superseded memories get their validity closed, everything else only gains links 
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import math
 import os
@@ -26,7 +24,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from memstack.core.consolidate.decisions import DecisionLog
-from memstack.core.errors import StoreBusy
 from memstack.core.store import (
     COLUMNS,
     LATE_COLUMNS,
@@ -37,6 +34,7 @@ from memstack.core.store import (
     LmdbStore,
     Snapshot,
     status_of,
+    wait_flock,
 )
 from memstack.formats.records import from_iso, memory_record, now_iso, to_iso
 
@@ -1076,21 +1074,9 @@ def consolidate(store: LmdbStore, embedder, opts: ConsolidateOptions | None = No
 def run_lock(path: str, timeout: float, shared: bool = False) -> Iterator[None]:
     """One consolidate at a time per store (a dry run only waits out a real one): the
     sidecar consolidate.lock, flock'd, waiting up to `timeout` before exit 75."""
-    fd = os.open(os.path.join(path, "consolidate.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    deadline = time.monotonic() + max(0.0, timeout)
+    fd = wait_flock(os.path.join(path, "consolidate.lock"), timeout,
+                    f"{path}: another consolidate is running", shared=shared)
     try:
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() >= deadline:
-                raise StoreBusy(f"{path}: another consolidate is running (waited "
-                                f"{timeout:g}s); retry later or raise --lock-timeout")
-            time.sleep(0.05)
         yield
     finally:
         os.close(fd)
